@@ -1,0 +1,21 @@
+"""Names shared by the Scipion layer of orientlearn."""
+
+# Plugin variables (read from the environment or Scipion's config)
+ORIENTLEARN_GPU = "ORIENTLEARN_GPU"          # default GPU ids for TensorFlow, "" = CPU
+
+# Choices in forms
+ORIENT_UNIFORM = 0
+ORIENT_SYMMETRY = 1
+
+NOISE_NONE = 0
+NOISE_SIGMA2 = 1
+NOISE_SNR = 2
+
+RECONSTRUCT_FOURIER = 0
+RECONSTRUCT_ASTRA = 1
+
+ARCHITECTURES = ["resnet", "paper"]
+LOSSES = ["mse", "mae"]
+
+DEMO_MAP = "5j0n.mrc"
+DEMO_MAP_PIXEL_SIZE = 3.667   # Angstrom per voxel of the bundled 5j0n map

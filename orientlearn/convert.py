@@ -1,0 +1,196 @@
+"""Between Scipion objects and the plain arrays of ``orientlearn.core``.
+
+Orientation convention (see ``core/geometry.py``): a particle's ``ALIGN_PROJ`` transform is
+``inv([[R, t], [0, 1]])``, with ``R`` the rotation that images the volume and ``t`` the
+particle's offset from the box centre in pixels; this is what Scipion's Relion and Xmipp
+converters read (checked in ``tests/test_convert.py``).
+"""
+import os
+from collections import OrderedDict
+
+import mrcfile
+import numpy as np
+
+import pwem.constants as emcts
+import pwem.objects as emobj
+
+from .core import geometry
+
+
+def clean_path(filename):
+    """Scipion file names may carry a ``:mrc``/``:mrcs`` format suffix; drop it."""
+    for suffix in (":mrcs", ":mrc", ":spi", ":stk", ":hdf"):
+        if filename.endswith(suffix):
+            return filename[: -len(suffix)]
+    return filename
+
+
+def read_stack(filename):
+    """All images of an MRC stack as ``(N, S, S)`` float32 (a single image gives N = 1)."""
+    path = clean_path(filename)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Image file {path} does not exist.")
+    try:
+        with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+            data = np.asarray(mrc.data, dtype=np.float32)
+    except Exception:
+        # Not an MRC file: fall back to Scipion's image handler (SPIDER, HDF, ...).
+        from pwem.emlib.image import ImageHandler
+        ih = ImageHandler()
+        x, y, z, n = ih.getDimensions(path)
+        data = np.stack([ih.read((i, path)).getData() for i in range(1, n + 1)]).astype(np.float32)
+    if data.ndim == 2:
+        data = data[None]
+    return data
+
+
+def read_particle_images(particles, log=None):
+    """Images of a SetOfParticles in id order: ``(ids (N,), images (N, S, S) float32)``.
+
+    Reads each stack file once (memory-mapped) and picks the particles' indices from it.
+    """
+    by_file = OrderedDict()
+    ids = []
+    for k, p in enumerate(particles.iterItems(orderBy="id")):
+        index, fn = p.getLocation()
+        by_file.setdefault(fn, []).append((k, (index or 1) - 1))
+        ids.append(p.getObjId())
+    if not ids:
+        raise ValueError("The set of particles is empty.")
+    images = None
+    for fn, entries in by_file.items():
+        stack = read_stack(fn)
+        if images is None:
+            images = np.empty((len(ids),) + stack.shape[1:], dtype=np.float32)
+        if stack.shape[1:] != images.shape[1:]:
+            raise ValueError(f"Images of {fn} are {stack.shape[1:]}, others are "
+                             f"{images.shape[1:]}: all particles must have one size.")
+        for k, idx in entries:
+            images[k] = stack[idx]
+    return np.asarray(ids), images
+
+
+def particle_orientations(particles):
+    """``(ids (N,), quaternions (N, 4), shifts (N, 2) px)`` of particles with ALIGN_PROJ."""
+    ids, mats = [], []
+    for p in particles.iterItems(orderBy="id"):
+        if not p.hasTransform():
+            raise ValueError(f"Particle {p.getObjId()} has no orientation.")
+        ids.append(p.getObjId())
+        mats.append(p.getTransform().getMatrix())
+    R, shifts = geometry.scipion_transform_to_matrix(np.array(mats))
+    return np.asarray(ids), geometry.matrix_to_quaternion(R), shifts
+
+
+def particle_ctfs(particles):
+    """Per-particle CTF parameters as arrays, or None when the particles carry no CTF.
+
+    Returns dict(defocus_u, defocus_v (A), astig_angle (radians)) plus the acquisition's
+    voltage (kV), cs (mm) and amplitude_contrast.
+    """
+    if not particles.hasCTF():
+        return None
+    du, dv, ang = [], [], []
+    for p in particles.iterItems(orderBy="id"):
+        ctf = p.getCTF()
+        du.append(ctf.getDefocusU())
+        dv.append(ctf.getDefocusV())
+        ang.append(np.deg2rad(ctf.getDefocusAngle()))
+    acq = particles.getAcquisition()
+    return dict(defocus_u=np.array(du), defocus_v=np.array(dv), astig_angle=np.array(ang),
+                voltage=acq.getVoltage(), cs=acq.getSphericalAberration(),
+                amplitude_contrast=acq.getAmplitudeContrast())
+
+
+def write_stack(filename, images, pixel_size):
+    """Write ``(N, S, S)`` images as an MRC stack with the voxel size in A."""
+    with mrcfile.new(filename, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(images, dtype=np.float32))
+        mrc.set_image_stack()
+        mrc.voxel_size = pixel_size
+
+
+def write_volume(filename, volume, pixel_size):
+    """Write a ``(N, N, N)`` map as MRC with its voxel size in A."""
+    with mrcfile.new(filename, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
+        mrc.voxel_size = pixel_size
+
+
+def set_particle_orientation(particle, quaternion, shift=(0.0, 0.0)):
+    """Store an orientation and offset (px) on a particle as a Scipion ALIGN_PROJ transform."""
+    R = geometry.quaternion_to_matrix(np.asarray(quaternion))
+    particle.setTransform(emobj.Transform(geometry.matrix_to_scipion_transform(R, shift)))
+
+
+def make_particle_set(protocol, stack_file, pixel_size, acquisition, quaternions=None,
+                      shifts=None, ctf=None, extra=None, suffix=""):
+    """A new SetOfParticles over the images of ``stack_file`` (index i+1 for row i).
+
+    ``quaternions (N, 4)``/``shifts (N, 2)`` set ALIGN_PROJ; ``ctf`` is a dict as from
+    ``particle_ctfs``; ``extra`` maps attribute names to ``(N,)`` arrays stored on each
+    particle (e.g. a confidence score). The set is returned open for writing; the caller
+    registers it with ``_defineOutputs``.
+    """
+    parts = protocol._createSetOfParticles(suffix)
+    parts.setSamplingRate(pixel_size)
+    parts.setAcquisition(acquisition.clone())
+    n = len(read_stack_header(stack_file))
+    if quaternions is not None:
+        parts.setAlignmentProj()
+    for i in range(n):
+        p = emobj.Particle(location=(i + 1, stack_file))
+        p.setSamplingRate(pixel_size)
+        p.setAcquisition(acquisition.clone())
+        if quaternions is not None:
+            set_particle_orientation(p, quaternions[i], (0.0, 0.0) if shifts is None else shifts[i])
+        if ctf is not None:
+            c = emobj.CTFModel()
+            c.setStandardDefocus(float(ctf["defocus_u"][i]), float(ctf["defocus_v"][i]),
+                                 float(np.rad2deg(ctf["astig_angle"][i])))
+            p.setCTF(c)
+        for name, values in (extra or {}).items():
+            setattr(p, name, _scalar_object(values[i]))
+        parts.append(p)
+    if ctf is not None:
+        parts.setHasCTF(True)
+    return parts
+
+
+def read_stack_header(filename):
+    """A cheap ``range`` over the images of an MRC stack (reads the header only)."""
+    with mrcfile.mmap(clean_path(filename), mode="r", permissive=True) as mrc:
+        n = 1 if mrc.data.ndim == 2 else mrc.data.shape[0]
+    return range(n)
+
+
+def _scalar_object(value):
+    import pyworkflow.object as pwobj
+    if isinstance(value, (bool, np.bool_)):
+        return pwobj.Boolean(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return pwobj.Integer(int(value))
+    return pwobj.Float(float(value))
+
+
+def copy_particles_with_orientations(protocol, particles, quaternions, shifts=None,
+                                     extra=None, suffix=""):
+    """A copy of ``particles`` (same images, CTF, ids) with new ALIGN_PROJ orientations.
+
+    Rows of ``quaternions (N, 4)`` follow the particles' id order.
+    """
+    out = protocol._createSetOfParticles(suffix)
+    out.copyInfo(particles)
+    out.setAlignmentProj()
+    for i, p in enumerate(particles.iterItems(orderBy="id")):
+        q = p.clone()
+        set_particle_orientation(q, quaternions[i], (0.0, 0.0) if shifts is None else shifts[i])
+        for name, values in (extra or {}).items():
+            setattr(q, name, _scalar_object(values[i]))
+        out.append(q)
+    return out
+
+
+def has_projection_alignment(particles):
+    """True when the set's particles carry 3-D projection orientations."""
+    return particles.getAlignment() == emcts.ALIGN_PROJ

@@ -1,0 +1,455 @@
+"""Volumes from images and orientations, and Fourier shell correlation.
+
+Conventions are those of ``geometry.py``: an orientation ``R`` images a volume ``V`` as
+``p(x, y) = integral V(R^T (x, y, z)) dz``, volumes are indexed ``vol[z, y, x]``, images
+``img[y, x]``, the centre of a box of ``N`` samples at index ``N // 2``; a particle
+whose centre sits at box centre + ``t`` (``t = (tx, ty)`` pixels) has shift ``t``;
+point-group symmetries act on the right (``R`` and ``R S`` give the same image).
+
+By the Fourier-slice theorem the 2-D transform of ``p`` is the central slice
+``P(kx, ky) = V^(R^T (kx, ky, 0))``: :func:`reconstruct_fourier` inserts every image's
+transform there (direct Fourier inversion, CPU). :func:`reconstruct_astra` is the GPU
+path (ASTRA CGLS/SIRT, needs CUDA).
+
+Orientations recovered from images are only defined up to a global rotation of the
+object and its handedness. :func:`fsc_with_handedness` resolves the handedness by trying
+the mirrored map; the global rotation must be aligned elsewhere (``core/alignment.py``
+aligns orientation sets) before an FSC against a reference means anything.
+"""
+import numpy as np
+import scipy.fft
+import scipy.sparse
+
+from . import geometry
+
+__all__ = [
+    "reconstruct_fourier", "reconstruct_astra", "astra_projection_vectors",
+    "soft_spherical_mask", "fsc", "resolution_at", "half_map_fsc",
+    "mirror_volume", "fsc_with_handedness",
+]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def _as_matrices(rotations):
+    """Rotation matrices ``(M, 3, 3)`` from ``(M, 3, 3)`` matrices or ``(M, 4)`` quaternions."""
+    rotations = np.asarray(rotations, dtype=np.float64)
+    if rotations.ndim == 2 and rotations.shape[1] == 4:
+        return geometry.quaternion_to_matrix(rotations)
+    if rotations.ndim == 3 and rotations.shape[1:] == (3, 3):
+        return rotations
+    raise ValueError(f"rotations must be (M, 3, 3) matrices or (M, 4) quaternions, "
+                     f"got shape {rotations.shape}")
+
+
+def soft_spherical_mask(size, radius=None, width=3.0):
+    """Spherical mask ``(size, size, size)`` float32 centred at ``size // 2``.
+
+    1 inside ``radius`` (pixels; default ``size / 2 - width``), a raised-cosine edge
+    falling to 0 over ``width`` pixels outside it, 0 beyond.
+    """
+    if radius is None:
+        radius = size / 2.0 - width
+    c = np.arange(size) - size // 2
+    r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
+    if width <= 0:
+        return (r <= radius).astype(np.float32)
+    edge = np.clip((r - radius) / width, 0.0, 1.0)
+    return (0.5 * (1.0 + np.cos(np.pi * edge))).astype(np.float32)
+
+
+def _ctf_on_grid(ctfs, start, stop, n_image, size, ky, kx):
+    """CTF values ``(B, P)`` of images ``start:stop`` at padded-grid frequencies.
+
+    ``kx, ky`` ``(P,)`` are frequency indices on the padded grid of ``size`` samples.
+    ``ctfs`` is a callable ``ctfs(indices, size) -> (B, size, size)``, or an array in
+    ``np.fft.fft2`` layout of shape ``(M, size, size)`` (used as is) or
+    ``(M, n_image, n_image)`` (bilinear interpolation onto the finer padded grid).
+    """
+    if callable(ctfs):
+        grid = np.asarray(ctfs(np.arange(start, stop), size), dtype=np.float32)
+        return grid[:, ky % size, kx % size]
+    block = np.asarray(ctfs[start:stop], dtype=np.float32)
+    n = block.shape[-1]
+    if n == size:
+        return block[:, ky % size, kx % size]
+    # Fractional frequency index on the image's own grid, then bilinear with wrap-around.
+    fy, fx = ky * (n / size), kx * (n / size)
+    y0, x0 = np.floor(fy).astype(np.int64), np.floor(fx).astype(np.int64)
+    ay, ax = (fy - y0).astype(np.float32), (fx - x0).astype(np.float32)
+    y0, x0, y1, x1 = y0 % n, x0 % n, (y0 + 1) % n, (x0 + 1) % n
+    return ((1 - ay) * ((1 - ax) * block[:, y0, x0] + ax * block[:, y0, x1])
+            + ay * ((1 - ax) * block[:, y1, x0] + ax * block[:, y1, x1]))
+
+
+# ------------------------------------------------------------------ direct Fourier inversion
+
+def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1",
+                        oversampling=2, wiener_constant=0.1, mask_radius=None,
+                        mask_width=3.0, batch_size=32, fft_workers=None, progress=None):
+    """Direct Fourier inversion of images with known orientations (CPU).
+
+    Each image is zero-padded to ``L = oversampling * N`` (even), Fourier transformed,
+    shift-corrected (the particle centre, at box centre + ``t``, is moved to the origin),
+    and its half-plane (the image is real: the other half is its complex conjugate) is
+    inserted, within the Nyquist radius, as the central slice ``R^T (kx, ky, 0)`` of an
+    ``L^3`` Fourier grid with trilinear gridding weights ``w``. The grid keeps only
+    ``kx >= 0`` (Friedel symmetry). Per voxel::
+
+        V^(k) = sum w CTF F / (sum w CTF^2 + wiener_constant)
+
+    which, without CTFs, is the weighted average of the samples near ``k`` (damped only
+    where fewer than ~``wiener_constant`` samples landed). The inverse transform is
+    cropped to ``N`` and divided by the trilinear kernel's transform ``sinc^2`` per axis.
+
+    Args:
+        images: ``(M, N, N)`` real images ``img[y, x]``.
+        rotations: ``(M, 3, 3)`` matrices or ``(M, 4)`` quaternions ``(w, x, y, z)``.
+        shifts: ``(M, 2)`` particle offsets ``(tx, ty)`` in pixels, or None (zero).
+        ctfs: None (no CTF correction), an array ``(M, N, N)`` or ``(M, L, L)`` of CTFs
+            in ``np.fft.fft2`` layout (``(M, N, N)`` is interpolated bilinearly onto the
+            padded grid; pass ``(M, L, L)`` or a callable for exact values at high
+            defocus), or a callable ``ctfs(indices, size) -> (B, size, size)``.
+        symmetry: point group name (``geometry.symmetry_group``); each image is inserted
+            once per group element ``S`` with orientation ``R S``.
+        oversampling: padding factor of the Fourier grid (2 is standard; 1 is faster but
+            amplifies the gridding correction at the box edge).
+        wiener_constant: regulariser added to the weight sum (units: one image sample).
+        mask_radius: radius in pixels of a soft spherical mask applied at the end, or None.
+        mask_width: width in pixels of the mask's raised-cosine edge.
+        batch_size: images transformed and inserted together (memory ~ 40 MB per image
+            at N = 116).
+        fft_workers: threads for ``scipy.fft`` (None: scipy's default).
+        progress: optional callable ``progress(done, total)`` in images.
+
+    Returns:
+        ``(N, N, N)`` float32 volume ``vol[z, y, x]`` in the images' units x pixel.
+    """
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"images must be (M, N, N), got {images.shape}")
+    n_images, n = images.shape[0], images.shape[1]
+    rotations = _as_matrices(rotations)
+    if len(rotations) != n_images:
+        raise ValueError("need one rotation per image")
+    if shifts is not None:
+        shifts = np.asarray(shifts, dtype=np.float64).reshape(n_images, 2)
+    size = int(round(oversampling * n))
+    size += size % 2                                   # even grid: symmetric Nyquist planes
+    half = size // 2
+    sym = geometry.quaternion_to_matrix(geometry.symmetry_group(symmetry))   # (G, 3, 3)
+
+    # Half-plane frequencies of the padded image (rfft2 layout) within the Nyquist radius.
+    ky_all = np.fft.fftfreq(size, 1.0 / size).astype(np.int64)
+    kx_all = np.arange(half + 1)
+    KY, KX = np.meshgrid(ky_all, kx_all, indexing="ij")
+    keep = (KX ** 2 + KY ** 2) < half ** 2
+    flat_keep = np.flatnonzero(keep.ravel())
+    kx, ky = KX.ravel()[flat_keep], KY.ravel()[flat_keep]
+    # The kx = 0 column holds both k and -k: half weight, restored by the final
+    # Hermitian symmetrisation of the kx = 0 plane.
+    column_weight = np.where(kx == 0, 0.5, 1.0).astype(np.float32)
+    # Phase moving the box centre (index n // 2 of the unpadded image) to the origin.
+    centre = n // 2
+    base_phase = np.exp(2j * np.pi * (kx + ky) * centre / size).astype(np.complex64)
+
+    # Accumulation grid [z, y, x]: z, y centred, indices 0..size (frequency index - (-half));
+    # x from 0 to half. Frequencies +half and -half alias; folded together at the end.
+    nz = ny = size + 1
+    nx = half + 1
+    n_voxels = nz * ny * nx
+    accum = np.zeros((n_voxels, 3))                   # Re(num), Im(num), den
+    corner_offsets = np.array([dz * ny * nx + dy * nx + dx
+                               for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)])
+
+    kxf, kyf = kx.astype(np.float32), ky.astype(np.float32)
+    for start in range(0, n_images, batch_size):
+        stop = min(start + batch_size, n_images)
+        spectra = scipy.fft.rfft2(images[start:stop].astype(np.float32), s=(size, size),
+                                  workers=fft_workers)
+        values = spectra.reshape(stop - start, -1)[:, flat_keep] * base_phase
+        if shifts is not None:
+            t = shifts[start:stop]
+            values *= np.exp(2j * np.pi * (np.outer(t[:, 0], kx) + np.outer(t[:, 1], ky))
+                             / size).astype(np.complex64)
+        if ctfs is not None:
+            ctf = _ctf_on_grid(ctfs, start, stop, n, size, ky, kx)
+            values = values * ctf
+            weight = ctf * ctf * column_weight
+        else:
+            weight = np.broadcast_to(column_weight, values.shape)
+        values = values * column_weight
+        for s in sym:
+            r = rotations[start:stop] @ s                           # (B, 3, 3): R S
+            rows = r.astype(np.float32)
+            # k3 = (R S)^T (kx, ky, 0) = kx * row0 + ky * row1, components (x, y, z).
+            k3 = (kxf[None, :, None] * rows[:, None, 0, :]
+                  + kyf[None, :, None] * rows[:, None, 1, :])      # (B, P, 3)
+            flip = k3[..., 0] < 0
+            k3[flip] *= -1                                          # Friedel: V^(-k) = conj V^(k)
+            im_sign = np.where(flip, -1.0, 1.0).astype(np.float32)
+            _splat(accum, k3, values.real, values.imag * im_sign, weight,
+                   half, nx, ny, corner_offsets, n_voxels)
+        if progress is not None:
+            progress(stop, n_images)
+
+    num = (accum[:, 0] + 1j * accum[:, 1]).reshape(nz, ny, nx)
+    den = accum[:, 2].reshape(nz, ny, nx)
+    num, den = _fold_grid(num, size), _fold_grid(den, size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spectrum = np.where(den + wiener_constant > 0, num / (den + wiener_constant), 0)
+    spectrum = np.fft.ifftshift(spectrum, axes=(0, 1))
+    padded = np.fft.fftshift(scipy.fft.irfftn(spectrum, s=(size, size, size),
+                                              workers=fft_workers))
+    lo = half - n // 2
+    vol = padded[lo:lo + n, lo:lo + n, lo:lo + n]
+    # Trilinear gridding multiplied the volume by sinc^2(x / L) along each axis.
+    c = (np.arange(n) - n // 2) / size
+    kernel = np.sinc(c) ** 2
+    vol = vol / (kernel[:, None, None] * kernel[None, :, None] * kernel[None, None, :])
+    if mask_radius is not None:
+        vol = vol * soft_spherical_mask(n, mask_radius, mask_width)
+    return vol.astype(np.float32)
+
+
+def _splat(accum, k3, re, im, weight, half, nx, ny, corner_offsets, n_voxels):
+    """Add trilinear contributions of points ``k3 (B, P, 3)`` (x, y, z; x >= 0) to ``accum``.
+
+    ``re, im, weight`` ``(B, P)``. One sparse (voxels x points) matrix with 8 entries per
+    point multiplies the ``(points, 3)`` values: one pass over the indices for all three.
+    """
+    k3 = k3.reshape(-1, 3)
+    # Shift y, z so that indices are non-negative: grid index = frequency + half.
+    k3[:, 1:] += half
+    lower = np.floor(k3)
+    frac = k3 - lower
+    lower = lower.astype(np.int32)
+    base = (lower[:, 2] * ny + lower[:, 1]) * nx + lower[:, 0]
+    fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
+    gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
+    w_zy = [gz * gy, gz * fy, fz * gy, fz * fy]
+    corner_weights = np.stack([w * wx for w in w_zy for wx in (gx, fx)], axis=1)  # (P, 8)
+    indices = (base[:, None] + corner_offsets[None, :].astype(np.int32)).ravel()
+    n_points = len(base)
+    matrix = scipy.sparse.csc_matrix(
+        (corner_weights.ravel(), indices, np.arange(0, 8 * n_points + 1, 8, dtype=np.int32)),
+        shape=(n_voxels, n_points))
+    data = np.stack([np.ravel(re), np.ravel(im), np.ravel(weight)], axis=1)
+    accum += matrix @ data.astype(np.float32)
+
+
+def _fold_grid(grid, size):
+    """Centred accumulation grid ``(size+1, size+1, size/2+1)`` -> ``(size, size, size/2+1)``.
+
+    Adds the aliased +Nyquist rows onto -Nyquist, then makes the ``kx = 0`` and
+    ``kx = Nyquist`` planes Hermitian (each holds both ``k`` and ``-k``):
+    ``G(0, y, z) <- G(0, y, z) + conj G(0, -y, -z)``.
+    """
+    grid = grid.copy()
+    grid[0] += grid[size]
+    grid = grid[:size]
+    grid[:, 0] += grid[:, size]
+    grid = grid[:, :size]
+    mirror = (size - np.arange(size)) % size            # index of -k in the centred layout
+    for plane in (0, size // 2):
+        p = grid[:, :, plane]
+        grid[:, :, plane] = p + np.conj(p[mirror][:, mirror])
+    return grid
+
+
+# ----------------------------------------------------------------------------- ASTRA (GPU)
+
+def astra_projection_vectors(rotations, size, shifts=None):
+    """ASTRA ``parallel3d_vec`` vectors ``(M, 12)`` for our imaging convention.
+
+    The detector pixel at column ``x`` / row ``y`` (coordinates relative to the box
+    centre, index ``N // 2``) sees the line ``{R^T (x - tx, y - ty, z)}``. ASTRA wants,
+    per projection, the ray direction, the detector centre ``d`` and the vectors ``u``
+    (pixel (0,0) -> (0,1), columns) and ``v`` (-> (1,0), rows), with pixel ``(i, j)``
+    centred at ``d + (j - (N-1)/2) u + (i - (N-1)/2) v`` (volume coordinates, voxel
+    units, with the volume window used by :func:`reconstruct_astra`).
+    Rows of ``R`` in the volume frame: ``u = R[0]``, ``v = R[1]``, ray ``= R[2]``.
+    """
+    r = _as_matrices(rotations)
+    u, v, ray = r[:, 0, :], r[:, 1, :], r[:, 2, :]
+    offset = (size - 1) / 2.0 - size // 2              # ASTRA's centre vs. index N // 2
+    t = np.zeros((len(r), 2)) if shifts is None else np.asarray(shifts, dtype=np.float64)
+    d = (offset - t[:, :1]) * u + (offset - t[:, 1:2]) * v
+    return np.concatenate([ray, d, u, v], axis=1)
+
+
+def reconstruct_astra(images, rotations, shifts=None, symmetry="C1", iterations=50,
+                      algorithm="CGLS3D_CUDA", gpu_index=None):
+    """Iterative reconstruction on the GPU with ASTRA (``CGLS3D_CUDA`` or ``SIRT3D_CUDA``).
+
+    UNTESTED here (no GPU on the development machine): written from ASTRA's
+    ``parallel3d_vec`` documentation; check it against :func:`reconstruct_fourier` on a
+    GPU before trusting it. No CTF correction. ASTRA's volume array is ``[z, y, x]`` like
+    ours; its window is placed so that voxel ``N // 2`` is the origin.
+
+    Args:
+        images: ``(M, N, N)`` images; rotations ``(M, 3, 3)`` or ``(M, 4)``;
+        shifts: ``(M, 2)`` pixels or None; symmetry: each image is used once per element.
+        iterations: CGLS/SIRT iterations.
+
+    Returns:
+        ``(N, N, N)`` float32 volume.
+    """
+    import astra                                        # optional dependency, GPU only
+    if not astra.use_cuda():
+        raise RuntimeError("reconstruct_astra needs ASTRA with a CUDA GPU; use "
+                           "reconstruct_fourier on the CPU.")
+    images = np.asarray(images, dtype=np.float32)
+    n_images, n = images.shape[0], images.shape[1]
+    rotations = _as_matrices(rotations)
+    sym = geometry.quaternion_to_matrix(geometry.symmetry_group(symmetry))
+    all_rot = np.einsum("mij,gjk->gmik", rotations, sym).reshape(-1, 3, 3)
+    all_shifts = None if shifts is None else np.tile(np.asarray(shifts), (len(sym), 1))
+    all_images = np.tile(images, (len(sym), 1, 1))
+    vectors = astra_projection_vectors(all_rot, n, all_shifts)
+    lo = -(n // 2) - 0.5                                # voxel N // 2 centred at 0
+    vol_geom = astra.create_vol_geom(n, n, n, lo, lo + n, lo, lo + n, lo, lo + n)
+    proj_geom = astra.create_proj_geom("parallel3d_vec", n, n, vectors)
+    # ASTRA's projection data is [detector row, projection, detector column].
+    sino = np.ascontiguousarray(np.transpose(all_images, (1, 0, 2)))
+    sino_id = astra.data3d.create("-sino", proj_geom, sino)
+    vol_id = astra.data3d.create("-vol", vol_geom, 0.0)
+    cfg = astra.astra_dict(algorithm)
+    cfg["ProjectionDataId"] = sino_id
+    cfg["ReconstructionDataId"] = vol_id
+    if gpu_index is not None:
+        cfg["option"] = {"GPUindex": int(gpu_index)}
+    alg_id = astra.algorithm.create(cfg)
+    try:
+        astra.algorithm.run(alg_id, iterations)
+        vol = astra.data3d.get(vol_id)
+    finally:
+        astra.algorithm.delete(alg_id)
+        astra.data3d.delete([sino_id, vol_id])
+    return np.asarray(vol, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------ FSC
+
+def fsc(vol1, vol2, pixel_size=1.0):
+    """Fourier shell correlation of two cubic volumes ``(N, N, N)``.
+
+    Shell ``s`` holds the Fourier voxels with ``round(|k| N) == s``, ``s = 0 .. N // 2``.
+
+    Returns:
+        ``(frequencies (K,), values (K,))``: shell frequencies ``s / (N pixel_size)`` in
+        1/A (1/pixel with the default) and FSC values, NaN for a shell without power.
+    """
+    vol1, vol2 = np.asarray(vol1, np.float64), np.asarray(vol2, np.float64)
+    if vol1.shape != vol2.shape or vol1.ndim != 3 or len(set(vol1.shape)) != 1:
+        raise ValueError(f"need two cubic volumes of the same shape, got {vol1.shape}, "
+                         f"{vol2.shape}")
+    n = vol1.shape[0]
+    f1, f2 = np.fft.rfftn(vol1), np.fft.rfftn(vol2)
+    k = np.fft.fftfreq(n) * n
+    kx = np.arange(n // 2 + 1)
+    radius = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
+    shell = np.rint(radius).astype(np.int64)
+    # rfftn keeps kx >= 0: the columns kx = 1 .. (n-1)//2 stand for two voxels each.
+    mult = np.full(kx.shape, 2.0)
+    mult[0] = 1.0
+    if n % 2 == 0:
+        mult[-1] = 1.0
+    mult = np.broadcast_to(mult, shell.shape)
+    n_shells = n // 2 + 1
+    inside = shell < n_shells
+    s = shell[inside]
+    cross = np.bincount(s, (mult * (f1 * np.conj(f2)).real)[inside], minlength=n_shells)
+    p1 = np.bincount(s, (mult * np.abs(f1) ** 2)[inside], minlength=n_shells)
+    p2 = np.bincount(s, (mult * np.abs(f2) ** 2)[inside], minlength=n_shells)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = cross / np.sqrt(p1 * p2)
+    values[(p1 <= 0) | (p2 <= 0)] = np.nan
+    frequencies = np.arange(n_shells) / (n * pixel_size)
+    return frequencies, values
+
+
+def resolution_at(frequencies, fsc_values, threshold=0.5):
+    """Resolution (A, or pixels with unit pixel size) where the FSC first drops below
+    ``threshold``, linearly interpolated between the two shells around the crossing.
+
+    The DC shell is not tested; NaN/inf shells are skipped (interpolation spans the gap).
+    If the curve never drops below the threshold, returns ``1 / max(frequencies)`` (the
+    Nyquist limit ``2 * pixel_size`` for an even box): the data support at least that
+    resolution, a lower bound set by the sampling. If no finite shell before the first
+    one below the threshold is above it, returns inf (no resolution).
+    """
+    f_all = np.asarray(frequencies, dtype=np.float64)
+    v = np.asarray(fsc_values, dtype=np.float64)
+    ok = np.isfinite(v) & np.isfinite(f_all)
+    f, v = f_all[ok], v[ok]
+    below = np.flatnonzero((v < threshold) & (f > 0))
+    if len(below) == 0:
+        nyquist = f_all[np.isfinite(f_all)].max(initial=0.0)
+        return float(1.0 / nyquist) if nyquist > 0 else float("inf")
+    i = below[0]
+    if i == 0 or v[i - 1] < threshold:          # no shell above the threshold before it
+        return float("inf")
+    f0, f1, v0, v1 = f[i - 1], f[i], v[i - 1], v[i]
+    crossing = f0 + (v0 - threshold) * (f1 - f0) / (v0 - v1)
+    return float(1.0 / crossing) if crossing > 0 else float("inf")
+
+
+def half_map_fsc(images, rotations, shifts=None, ctfs=None, symmetry="C1", pixel_size=1.0,
+                 seed=0, progress=None, **kwargs):
+    """Gold-standard FSC: reconstruct two random halves of the particles separately.
+
+    ``kwargs`` go to :func:`reconstruct_fourier` (``mask_radius``, ``oversampling``...).
+    ``ctfs`` must be an array (split with the images) or None. The same seed gives the
+    same split. ``progress(done, total)`` counts images over both halves.
+
+    Returns:
+        ``(half1, half2, frequencies, fsc_values)``: two ``(N, N, N)`` float32 maps and
+        the curve from :func:`fsc`.
+    """
+    images = np.asarray(images)
+    n_images = len(images)
+    rotations = _as_matrices(rotations)
+    order = np.random.default_rng(seed).permutation(n_images)
+    halves = [np.sort(order[: n_images // 2]), np.sort(order[n_images // 2:])]
+    maps = []
+    for h, idx in enumerate(halves):
+        done = 0 if h == 0 else len(halves[0])
+        report = None if progress is None else (
+            lambda d, t, done=done: progress(done + d, n_images))
+        maps.append(reconstruct_fourier(
+            images[idx], rotations[idx], shifts=None if shifts is None else np.asarray(shifts)[idx],
+            ctfs=None if ctfs is None else np.asarray(ctfs)[idx], symmetry=symmetry,
+            progress=report, **kwargs))
+    frequencies, values = fsc(maps[0], maps[1], pixel_size)
+    return maps[0], maps[1], frequencies, values
+
+
+def mirror_volume(vol):
+    """The volume mirrored ``z -> -z`` about the box centre (index ``N // 2``).
+
+    Reconstructing with orientations ``J R J`` (``J = diag(1, 1, -1)``), the other
+    handedness, gives exactly this map. ``vol[::-1]`` alone would also move the centre by
+    one voxel in an even box.
+    """
+    vol = np.asarray(vol)
+    flipped = vol[::-1]
+    return np.roll(flipped, 1, axis=0) if vol.shape[0] % 2 == 0 else flipped
+
+
+def fsc_with_handedness(vol, reference, pixel_size=1.0):
+    """FSC of ``vol`` against ``reference``, trying both handednesses of ``vol``.
+
+    Orientations recovered from images are defined only up to a global rotation and the
+    handedness; this resolves the handedness (the better of ``vol`` and
+    :func:`mirror_volume` ``(vol)`` by mean FSC over the non-DC shells). A global rotation
+    is NOT searched: align the orientations first (``core/alignment.py``).
+
+    Returns:
+        ``(frequencies, fsc_values, flipped)``; ``flipped`` is True when the mirrored
+        volume matched better.
+    """
+    freq, direct = fsc(vol, reference, pixel_size)
+    _, mirrored = fsc(mirror_volume(vol), reference, pixel_size)
+    flipped = np.nanmean(mirrored[1:]) > np.nanmean(direct[1:])
+    return freq, (mirrored if flipped else direct), bool(flipped)

@@ -1,0 +1,414 @@
+"""Orientation recovery from estimated distances (paper eq. 4, §2.3, §3.2).
+
+We look for unit quaternions ``q_1..q_N`` that minimise
+
+    L_OR = sum_e w_e rho( d_q(q_i, g_e q_j) - d_hat_e )
+
+over a sparse graph of edges ``e = (i, j, g)``, where ``d_hat_e`` estimates the distance
+between image ``p_i`` and image ``p_j`` transformed by an image-side transform ``g``
+(in-plane rotation by a multiple of pi/2, optionally composed with the mirror
+``y -> -y``; these are exact on the pixel grid). The transform acts on the left,
+``g q_j``, as fixed in ``geometry.py``.
+
+Why the transformed edges: with ``g = identity`` only, ``d_q`` is invariant to all of
+O(4) (``q -> a q b`` and ``q -> conj(q)``), and the left factor ``a`` (a rotation of the
+detector frame) and the conjugation change which image gets which view, so they break
+reconstruction. An edge with ``g != identity`` is invariant to ``q -> a q b`` only if
+``a^-1 g a = +-g``. For the 8 transforms ``{R_z(k pi/2)} x {1, mirror}`` (the dihedral
+group D4 acting on the detector) the only such ``a`` are ``1`` and ``R_z(pi)``, and no
+conjugation ``q -> a conj(q) b`` preserves them. So the minimiser is unique up to
+
+* ``q -> q b``: a global rotation of the object frame (harmless), and
+* ``q -> R_z(pi) q b``: the enantiomer. Projections of the point-inverted volume
+  ``V(-r)`` at ``R_z(pi) R`` are exactly the projections of ``V`` at ``R``, so this is the
+  handedness ambiguity that no method working on projections can resolve.
+
+Both are harmless for reconstruction (the second gives the mirror-image map), so no
+separate ambiguity-resolution step (common lines, reprojection) is needed when the
+graph contains transformed edges: ``resolve_ambiguity`` is deliberately absent.
+With the in-plane rotations alone (no mirror) a continuous ambiguity ``a = R_z(t)``
+remains, and with the mirror alone ``a = R_x(t)``: use both (the default).
+
+Numerics: the loss and its analytic gradient are vectorised over edges, gradients are
+accumulated per particle with ``np.bincount``; optimisation is Adam on the sphere
+(tangent-projected gradient, renormalisation after each step). ``d_q`` is evaluated
+with a half-angle ``atan2`` (accurate near 0 and pi) and the ``arccos`` derivative is
+capped near ``d = 0`` (where ``(d - d_hat)^2`` has a cone for ``d_hat > 0``).
+Memory is linear in the number of edges; nothing ``N x N`` is ever formed.
+"""
+import time
+
+import numpy as np
+
+from . import geometry
+
+__all__ = ["Graph", "image_transforms", "build_graph", "edge_weights",
+           "recover_orientations", "recover_from_features", "orientation_loss"]
+
+
+# ----------------------------------------------------------------------------- transforms
+
+def image_transforms(n_rotations=4, mirror=True):
+    """Image-side transforms exact on the pixel grid, as quaternions acting on the left.
+
+    ``n_rotations`` in-plane rotations by ``2 pi k / n_rotations`` (use 1, 2 or 4 for
+    transforms exact on a square grid), each with and without the mirror ``y -> -y``
+    (mirror applied first to the image, then the rotation: ``g = R_z(alpha) M``).
+    Returns ``(transforms (K, 4), descriptions list of K str)``, identity first;
+    ``K = n_rotations * (2 if mirror else 1)``. Description ``"rot90x1+mirror"`` means:
+    mirror ``img[y, x] -> img[-y, x]`` then rotate by 1 x 90 degrees counter-clockwise.
+    """
+    n_rotations = int(n_rotations)
+    if n_rotations < 1:
+        raise ValueError("n_rotations must be >= 1")
+    step = 2 * np.pi / n_rotations
+    quats, names = [], []
+    for use_mirror in ([False, True] if mirror else [False]):
+        for k in range(n_rotations):
+            g = geometry.in_plane_quaternion(k * step)
+            if use_mirror:
+                g = geometry.multiply(g, geometry.MIRROR_QUATERNION)
+            quats.append(g)
+            deg = k * 360 // n_rotations
+            names.append(f"rot{deg}" + ("+mirror" if use_mirror else ""))
+    return np.array(quats), names
+
+
+# ----------------------------------------------------------------------------- graph
+
+class Graph:
+    """A sparse distance graph: edge ``e`` says ``d_q(q_i[e], g[k[e]] q_j[e]) ~ d_hat[e]``.
+
+    Attributes: ``i, j (E,) int64`` particle indices, ``k (E,) int64`` transform indices,
+    ``d_hat (E,) float64`` radians in ``[0, pi]``, ``is_random (E,) bool`` (True for the
+    random far pairs, False for the feature-space neighbours), ``n_particles`` int.
+    """
+
+    def __init__(self, i, j, k, d_hat, n_particles, is_random=None):
+        self.i = np.asarray(i, dtype=np.int64)
+        self.j = np.asarray(j, dtype=np.int64)
+        self.k = np.asarray(k, dtype=np.int64)
+        self.d_hat = np.asarray(d_hat, dtype=np.float64)
+        self.n_particles = int(n_particles)
+        self.is_random = (np.zeros(len(self.i), bool) if is_random is None
+                          else np.asarray(is_random, dtype=bool))
+
+    def __len__(self):
+        return len(self.i)
+
+    def __repr__(self):
+        return (f"Graph({self.n_particles} particles, {len(self)} edges, "
+                f"{int(self.is_random.sum())} random)")
+
+
+def _unit(features):
+    f = np.asarray(features, dtype=np.float32)
+    return f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+
+
+def build_graph(features, n_neighbors=16, n_random=4, seed=0, chunk_size=None,
+                progress=None):
+    """Nearest neighbours (plus random pairs) in feature space, over all transforms.
+
+    ``features (K, N, F)``: unit feature vectors; ``features[k][j]`` embeds image ``j``
+    after image transform ``k`` (``features[0]`` the untransformed images).
+    The estimated distance of an edge is the angle between ``features[0][i]`` and
+    ``features[k][j]`` in radians, ``[0, pi]``.
+
+    For each particle ``i``: the ``n_neighbors`` pairs ``(j, k)`` with the smallest angle
+    (``j != i``; ``(i, i, k)`` carries no information: ``d_q(q, g q)`` is the angle of
+    ``g``), plus ``n_random`` uniformly drawn ``(j, k)`` (mostly far pairs, which keep
+    the embedding from folding). Rows are processed in chunks so memory is
+    ``O(chunk_size * K * N + N * (n_neighbors + n_random))``; time is ``O(K N^2 F)``.
+    ``progress(done, total)`` is called after each chunk. Returns a ``Graph``.
+    """
+    feats = _unit(features)
+    if feats.ndim == 2:
+        feats = feats[None]
+    K, N, F = feats.shape
+    n_neighbors = int(min(n_neighbors, K * N - K))
+    if chunk_size is None:        # ~16M similarity entries (64 MB float32) per chunk
+        chunk_size = max(1, min(N, 16_000_000 // max(1, K * N)))
+    flat = feats.reshape(K * N, F)
+    rng = np.random.default_rng(seed)
+    nb_idx = np.empty((N, n_neighbors), dtype=np.int64)
+    nb_cos = np.empty((N, n_neighbors), dtype=np.float32)
+    total = (N + chunk_size - 1) // chunk_size
+    for c, start in enumerate(range(0, N, chunk_size)):
+        stop = min(N, start + chunk_size)
+        rows = np.arange(start, stop)
+        sim = feats[0, start:stop] @ flat.T                    # (B, K*N) cosines
+        sim[rows[:, None] - start, rows[:, None] + N * np.arange(K)[None]] = -np.inf
+        if n_neighbors > 0:
+            part = np.argpartition(-sim, n_neighbors - 1, axis=1)[:, :n_neighbors]
+            nb_idx[start:stop] = part
+            nb_cos[start:stop] = np.take_along_axis(sim, part, axis=1)
+        if progress is not None:
+            progress(c + 1, total)
+    i_nb = np.repeat(np.arange(N), n_neighbors)
+    flat_nb = nb_idx.ravel()
+    # Random pairs: uniform over (j, k) with j != i.
+    i_r = np.repeat(np.arange(N), n_random)
+    j_r = rng.integers(0, N - 1, size=N * n_random)
+    j_r = j_r + (j_r >= i_r)                                  # skip j == i
+    k_r = rng.integers(0, K, size=N * n_random)
+    cos_r = np.einsum("ef,ef->e", feats[0, i_r], feats[k_r, j_r])
+    i_all = np.concatenate([i_nb, i_r])
+    j_all = np.concatenate([flat_nb % N, j_r])
+    k_all = np.concatenate([flat_nb // N, k_r])
+    cos_all = np.concatenate([nb_cos.ravel(), cos_r]).astype(np.float64)
+    d_hat = np.arccos(np.clip(cos_all, -1.0, 1.0))
+    is_random = np.concatenate([np.zeros(len(i_nb), bool), np.ones(len(i_r), bool)])
+    return Graph(i_all, j_all, k_all, d_hat, N, is_random)
+
+
+# ----------------------------------------------------------------------------- weights
+
+def edge_weights(d_hat, scheme="gaussian", scale=1.0, floor=0.05):
+    """Trust weights ``(E,)`` for estimated distances ``d_hat (E,)`` radians.
+
+    Learned distances are accurate for small true distances and plateau (underestimate)
+    for large ones (paper §3.3), so small ``d_hat`` deserve more trust.
+
+    * ``"uniform"``: all ones (the paper's eq. 4).
+    * ``"gaussian"``: ``floor + (1 - floor) exp(-(d_hat / scale)^2)``; ``floor`` keeps
+      far edges in the loss at a low weight (they still prevent folding).
+    * ``"inverse"``: ``1 / (d_hat + scale)`` normalised to max 1.
+    """
+    d_hat = np.asarray(d_hat, dtype=np.float64)
+    if scheme == "uniform":
+        return np.ones_like(d_hat)
+    if scheme == "gaussian":
+        return floor + (1.0 - floor) * np.exp(-(d_hat / scale) ** 2)
+    if scheme == "inverse":
+        return scale / (d_hat + scale)
+    raise ValueError(f"unknown weighting scheme {scheme!r}")
+
+
+# ----------------------------------------------------------------------------- loss
+
+_MIN_SIN = 1e-3   # cap of the arccos derivative near d = 0 (d < ~2e-3 rad)
+
+
+def _robust(r, loss, scale):
+    """rho(r) and rho'(r) for residuals ``r`` (radians)."""
+    if loss == "l2":
+        return r * r, 2 * r
+    if loss == "huber":
+        a = np.abs(r)
+        quad = a <= scale
+        rho = np.where(quad, r * r, 2 * scale * a - scale * scale)
+        return rho, np.where(quad, 2 * r, 2 * scale * np.sign(r))
+    if loss == "cauchy":
+        t = (r / scale) ** 2
+        return scale * scale * np.log1p(t), 2 * r / (1 + t)
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def _edge_terms(q, i, j, k, transforms):
+    """Per-edge cosines etc. for unit ``q (N, 4)``.
+
+    Returns ``(d (E,), sign (E,), sin_half (E,), gq_j (E, 4), gtq_i (E, 4))`` where
+    ``gq_j = g_k q_j`` and ``gtq_i = conj(g_k) q_i`` (the gradients of ``c = <q_i, g q_j>``
+    w.r.t. ``q_i`` and ``q_j``).
+    """
+    K = len(transforms)
+    gq = geometry.multiply(transforms[:, None, :], q[None]).reshape(-1, 4)    # (K*N, 4)
+    gtq = geometry.multiply(geometry.conjugate(transforms)[:, None, :], q[None]).reshape(-1, 4)
+    N = len(q)
+    gq_j = gq[k * N + j]
+    gtq_i = gtq[k * N + i]
+    qi = q[i]
+    c = np.einsum("ef,ef->e", qi, gq_j)
+    sign = np.where(c < 0, -1.0, 1.0)
+    sv = gq_j * sign[:, None]
+    a = np.linalg.norm(qi - sv, axis=1)          # 2 sin(phi/2)
+    b = np.linalg.norm(qi + sv, axis=1)          # 2 cos(phi/2), phi = d/2
+    d = 4.0 * np.arctan2(a, b)
+    sin_half = 0.5 * a * b                       # sin(phi) = sin(d/2)
+    del K
+    return d, sign, sin_half, gq_j, gtq_i
+
+
+def orientation_loss(q, i, j, k, transforms, d_hat, weights=None, loss="l2",
+                     loss_scale=0.3, with_gradient=False):
+    """Weighted mean loss ``sum w rho(d_q(q_i, g_k q_j) - d_hat) / sum w`` (rad^2).
+
+    ``q (N, 4)`` unit quaternions; ``i, j, k (E,)``; ``transforms (K, 4)``;
+    ``d_hat, weights (E,)``. With ``with_gradient`` also returns the Euclidean gradient
+    ``(N, 4)`` and the per-edge absolute residuals ``(E,)``.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    w = np.ones(len(i)) if weights is None else np.asarray(weights, dtype=np.float64)
+    wsum = w.sum()
+    d, sign, sin_half, gq_j, gtq_i = _edge_terms(q, i, j, k, transforms)
+    r = d - d_hat
+    rho, drho = _robust(r, loss, loss_scale)
+    value = float(np.dot(w, rho) / wsum)
+    if not with_gradient:
+        return value
+    # dd/dc = -2 sign(c) / sin(d/2)
+    dL_dc = (w / wsum) * drho * (-2.0 * sign) / np.maximum(sin_half, _MIN_SIN)
+    N = len(q)
+    grad = np.empty((N, 4))
+    for comp in range(4):
+        grad[:, comp] = (np.bincount(i, dL_dc * gq_j[:, comp], minlength=N)
+                         + np.bincount(j, dL_dc * gtq_i[:, comp], minlength=N))
+    return value, grad, np.abs(r)
+
+
+# ----------------------------------------------------------------------------- recovery
+
+def _as_transform_indices(g, k, transforms, n_edges):
+    """Normalise the two ways of giving edge transforms to ``(k (E,), transforms (K, 4))``."""
+    if k is not None:
+        if transforms is None:
+            raise ValueError("k given without transforms")
+        return np.asarray(k, dtype=np.int64), np.asarray(transforms, dtype=np.float64)
+    if g is None:
+        return np.zeros(n_edges, np.int64), np.array([[1.0, 0, 0, 0]])
+    g = np.asarray(g, dtype=np.float64)
+    if g.ndim == 1:
+        if transforms is None:      # 1-D g: transform indices
+            raise ValueError("integer g needs transforms")
+        return g.astype(np.int64), np.asarray(transforms, dtype=np.float64)
+    g = geometry.normalize(g)
+    g = np.where(g[:, :1] < 0, -g, g)           # q ~ -q
+    uniq, inv = np.unique(np.round(g, 9), axis=0, return_inverse=True)
+    return inv.ravel().astype(np.int64), uniq
+
+
+def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=None, *,
+                         k=None, transforms=None, n_steps=1000, learning_rate=0.05,
+                         final_learning_rate=0.002, restarts=1, restart_steps=200,
+                         loss="l2", loss_scale=0.3, tol=1e-6, patience=50, q_init=None,
+                         seed=0, progress=None):
+    """Minimise eq. (4) on a sparse graph: orientations ``q (N, 4)`` from distances.
+
+    Edges ``e``: particles ``i[e], j[e]`` (``(E,)`` int), image-side transform given either
+    as ``g (E, 4)`` quaternions or as indices ``k (E,)`` into ``transforms (K, 4)``
+    (``g=None, k=None``: identity, the paper's plain eq. 4), estimated distances
+    ``d_hat (E,)`` radians, optional trust ``weights (E,)`` (``edge_weights``).
+
+    Optimiser: Adam on the sphere (tangent gradients, renormalisation), learning rate
+    decaying exponentially from ``learning_rate`` to ``final_learning_rate`` (radians per
+    step, roughly) over ``n_steps``; stops early when the loss has improved by less than
+    ``tol`` (relative) over ``patience`` steps. With ``restarts > 1``, that many random
+    starts each run ``restart_steps`` steps and the lowest loss continues to the end.
+    ``loss``: ``"l2"`` (eq. 4), ``"huber"`` or ``"cauchy"`` with ``loss_scale`` (radians).
+    ``progress(done, total)`` is called every 10 steps.
+
+    Returns ``(q (N, 4), info)`` with ``info``: ``loss`` (final weighted mean loss,
+    rad^2), ``loss_history`` (per step), ``residual`` ``(N,)`` the weighted mean
+    ``|d_q - d_hat|`` over each particle's edges (a ground-truth-free confidence: high
+    means the particle does not fit; NaN for isolated particles), ``n_steps`` done,
+    ``restart_losses``, ``seconds``.
+    The result is defined up to ``q -> q b`` (object rotation) and, with transformed
+    edges, ``q -> R_z(pi) q b`` (handedness); with identity edges only, up to O(4).
+    """
+    t0 = time.time()
+    i = np.asarray(i, dtype=np.int64)
+    j = np.asarray(j, dtype=np.int64)
+    d_hat = np.asarray(d_hat, dtype=np.float64)
+    E = len(i)
+    k, transforms = _as_transform_indices(g, k, transforms, E)
+    if n_particles is None:
+        n_particles = int(max(i.max(), j.max())) + 1
+    N = int(n_particles)
+    w = np.ones(E) if weights is None else np.asarray(weights, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+
+    def run(q, steps, step_offset, history, total):
+        m = np.zeros_like(q)
+        v = np.zeros_like(q)
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        decay = (final_learning_rate / learning_rate) ** (1.0 / max(1, n_steps))
+        best_recent = np.inf
+        since_improved = 0
+        for t in range(1, steps + 1):
+            value, grad, _ = orientation_loss(q, i, j, k, transforms, d_hat, w, loss,
+                                              loss_scale, with_gradient=True)
+            history.append(value)
+            grad -= np.sum(grad * q, axis=1, keepdims=True) * q      # tangent part
+            m = beta1 * m + (1 - beta1) * grad
+            v = beta2 * v + (1 - beta2) * grad * grad
+            lr = learning_rate * decay ** (step_offset + t)
+            mhat = m / (1 - beta1 ** t)
+            vhat = v / (1 - beta2 ** t)
+            q = q - lr * mhat / (np.sqrt(vhat) + eps)
+            q /= np.linalg.norm(q, axis=1, keepdims=True)
+            if progress is not None and (len(history) % 10 == 0):
+                progress(min(len(history), total), total)
+            # Convergence: relative improvement over the last `patience` steps.
+            if value < best_recent * (1 - tol):
+                best_recent = value
+                since_improved = 0
+            else:
+                since_improved += 1
+                if since_improved >= patience:
+                    break
+        return q, t
+
+    restarts = max(1, int(restarts))
+    history_all = []
+    if q_init is not None:
+        starts = [geometry.normalize(q_init)]
+        restarts = 1
+    else:
+        starts = [geometry.normalize(rng.standard_normal((N, 4))) for _ in range(restarts)]
+    total = n_steps + (restarts * restart_steps if restarts > 1 else 0)
+    restart_losses = []
+    if restarts > 1:
+        candidates = []
+        for q0 in starts:
+            hist = []
+            qr, _ = run(q0, restart_steps, 0, hist, total)
+            restart_losses.append(orientation_loss(qr, i, j, k, transforms, d_hat, w,
+                                                   loss, loss_scale))
+            candidates.append(qr)
+            history_all.extend(hist)
+        q = candidates[int(np.argmin(restart_losses))]
+        offset = restart_steps
+        remaining = max(0, n_steps - restart_steps)
+    else:
+        q, offset, remaining = starts[0], 0, n_steps
+    hist = []
+    q, steps_done = run(q, remaining, offset, hist, total) if remaining else (q, 0)
+    history_all.extend(hist)
+    value, _, abs_res = orientation_loss(q, i, j, k, transforms, d_hat, w, loss,
+                                         loss_scale, with_gradient=True)
+    wsum_p = np.bincount(i, w, minlength=N) + np.bincount(j, w, minlength=N)
+    res_p = (np.bincount(i, w * abs_res, minlength=N)
+             + np.bincount(j, w * abs_res, minlength=N))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        residual = res_p / wsum_p
+    q = np.where(q[:, :1] < 0, -q, q)
+    if progress is not None:
+        progress(total, total)
+    info = dict(loss=value, loss_history=np.array(history_all), residual=residual,
+                n_steps=len(history_all), restart_losses=restart_losses,
+                seconds=time.time() - t0)
+    return q, info
+
+
+def recover_from_features(features, transforms, n_neighbors=16, n_random=4,
+                          weighting="gaussian", weight_scale=1.0, distance_map=None,
+                          seed=0, progress=None, **recover_kwargs):
+    """Orientations from per-transform image embeddings: graph, weights, recovery.
+
+    ``features (K, N, F)``: ``features[k]`` embeds every image after transform
+    ``transforms[k]`` (``(K, 4)`` from ``image_transforms``; ``features[0]`` must be the
+    identity). ``distance_map``: optional callable mapping feature angles (radians) to
+    distance estimates (a calibration), applied before weighting. Other keyword
+    arguments go to ``recover_orientations``. Returns ``(q (N, 4), info)``; ``info``
+    also holds ``graph``.
+    """
+    graph = build_graph(features, n_neighbors=n_neighbors, n_random=n_random, seed=seed)
+    d_hat = graph.d_hat if distance_map is None else np.asarray(distance_map(graph.d_hat))
+    w = edge_weights(d_hat, weighting, weight_scale)
+    q, info = recover_orientations(graph.i, graph.j, d_hat=d_hat, weights=w,
+                                   n_particles=graph.n_particles, k=graph.k,
+                                   transforms=transforms, seed=seed, progress=progress,
+                                   **recover_kwargs)
+    info["graph"] = graph
+    return q, info

@@ -1,0 +1,7 @@
+"""Scipion protocols of orientlearn: simulate, train, recover, reconstruct, compare."""
+from .protocol_base import OrientLearnProtBase
+from .protocol_simulate import OrientLearnProtSimulate
+from .protocol_train import OrientLearnProtTrain, OrientLearnProtImportModel
+from .protocol_recover import OrientLearnProtRecover
+from .protocol_reconstruct import OrientLearnProtReconstruct
+from .protocol_compare import OrientLearnProtCompare

@@ -1,0 +1,212 @@
+"""Protocol ``reconstruct``: a volume from particles and their orientations, with FSC."""
+import numpy as np
+
+import pyworkflow.protocol.params as params
+from pyworkflow.constants import PROD
+from pwem.objects import FSC, SetOfFSCs, Volume
+
+from .. import convert
+from ..constants import RECONSTRUCT_ASTRA, RECONSTRUCT_FOURIER
+from ..core import geometry
+from .protocol_base import OrientLearnProtBase
+
+FSC_FILE = "fsc.npz"
+
+
+class OrientLearnProtReconstruct(OrientLearnProtBase):
+    """Reconstruct a density map from oriented particles and measure its resolution.
+
+    CPU: direct Fourier inversion (each image's 2-D Fourier transform inserted as a
+    central slice of an oversampled 3-D grid with gridding weights), with Wiener-like CTF
+    correction from each particle's CTF and its shift undone. GPU: ASTRA's CGLS (as in
+    the paper) when CUDA is available. The particles are split at random in two halves
+    for the half-map FSC; with a reference map, the FSC against it is computed too (the
+    reference must be in the particles' frame: use the 'compare' protocol's aligned
+    particles for recovered orientations).
+    """
+    _label = "reconstruct"
+    _devStatus = PROD
+    _possibleOutputs = {"outputVolume": Volume, "outputFSCs": SetOfFSCs}
+
+    def _defineParams(self, form):
+        form.addSection(label="Input")
+        form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
+                      important=True, label="Particles with orientations",
+                      help="Particles carrying 3-D orientations (ALIGN_PROJ), from "
+                           "'recover orientations', 'compare' or any refinement.")
+        form.addParam("symmetryGroup", params.StringParam, default="C1",
+                      label="Symmetry group", help=geometry.SYMMETRY_HELP)
+        form.addParam("method", params.EnumParam, default=RECONSTRUCT_FOURIER,
+                      choices=["Fourier inversion (CPU)", "ASTRA CGLS (GPU)"],
+                      display=params.EnumParam.DISPLAY_HLIST, label="Method",
+                      help="Fourier inversion runs anywhere and is fast. ASTRA's CGLS needs "
+                           "a CUDA GPU; without one the protocol refuses to start.")
+        form.addParam("iterations", params.IntParam, default=50,
+                      condition="method == %d" % RECONSTRUCT_ASTRA,
+                      label="CGLS iterations", help="Iterations of ASTRA's CGLS3D_CUDA.")
+        form.addParam("doCtfCorrection", params.BooleanParam, default=True,
+                      label="Correct the CTF?",
+                      help="Wiener-like correction with each particle's CTF (when the "
+                           "particles carry one).")
+        form.addParam("wienerConstant", params.FloatParam, default=0.1,
+                      expertLevel=params.LEVEL_ADVANCED, label="Wiener constant",
+                      help="Regularisation added to sum(CTF^2) in the division; larger "
+                           "is smoother.")
+        form.addParam("maskRadius", params.FloatParam, default=-1,
+                      label="Mask radius (px)",
+                      help="Soft spherical mask applied to the maps; -1: none.")
+        form.addParam("referenceVolume", params.PointerParam, pointerClass="Volume",
+                      allowsNull=True, label="Reference volume (optional)",
+                      help="A map in the same frame as the particles' orientations for "
+                           "an FSC against it (e.g. the simulation's input map). It is "
+                           "resampled to the particles' pixel size and box; its "
+                           "handedness is checked both ways.")
+        self._addSeedParam(form)
+        self._addGpuParams(form)
+
+    def _insertAllSteps(self):
+        self._insertFunctionStep(self.reconstructStep, needsGPU=self.method == RECONSTRUCT_ASTRA)
+        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+
+    # -------------------------- STEPS -------------------------------------------
+    def _readInputs(self):
+        parts = self.inputParticles.get()
+        _, images = convert.read_particle_images(parts)
+        self._checkFinite(images, "Input images")
+        _, quats, shifts = convert.particle_orientations(parts)
+        ctf = convert.particle_ctfs(parts) if self.doCtfCorrection else None
+        return images, quats, shifts, ctf
+
+    def _ctfArrays(self, ctf, size, pixel_size):
+        if ctf is None:
+            return None
+        from ..core import imaging
+        return imaging.ctf_2d_batch(size, pixel_size, ctf["defocus_u"], ctf["defocus_v"],
+                                    ctf["astig_angle"], voltage=ctf["voltage"], cs=ctf["cs"],
+                                    amplitude_contrast=ctf["amplitude_contrast"])
+
+    def reconstructStep(self):
+        from ..core import reconstruct
+        self._configureDevices()
+        parts = self.inputParticles.get()
+        px = parts.getSamplingRate()
+        images, quats, shifts, ctf = self._readInputs()
+        size = images.shape[-1]
+        ctfs = self._ctfArrays(ctf, size, px)
+        R = geometry.quaternion_to_matrix(quats)
+        mask = self.maskRadius.get() if self.maskRadius.get() > 0 else None
+        rng = np.random.default_rng(self.seed.get())
+        half = rng.permutation(len(images)) % 2
+
+        def run(sel, label):
+            if self.method == RECONSTRUCT_ASTRA:
+                return reconstruct.reconstruct_astra(images[sel], R[sel], shifts=shifts[sel],
+                                                     iterations=self.iterations.get())
+            return reconstruct.reconstruct_fourier(
+                images[sel], R[sel], shifts=shifts[sel],
+                ctfs=None if ctfs is None else ctfs[sel], symmetry=self.symmetryGroup.get(),
+                wiener_constant=self.wienerConstant.get(), mask_radius=mask,
+                progress=self._progress(label, "images"))
+
+        full = run(np.arange(len(images)), "Full map")
+        half1 = run(np.flatnonzero(half == 0), "Half map 1")
+        half2 = run(np.flatnonzero(half == 1), "Half map 2")
+        for name, vol in (("volume.mrc", full), ("half1.mrc", half1), ("half2.mrc", half2)):
+            convert.write_volume(self._getExtraPath(name), vol, px)
+        freq, fsc_half = reconstruct.fsc(half1, half2, pixel_size=px)
+        arrays = dict(freq=freq, fsc_half=fsc_half, pixel_size=np.array(px))
+        ref = self._readReference(size, px)
+        if ref is not None:
+            freq_r, fsc_ref, flipped = reconstruct.fsc_with_handedness(full, ref, pixel_size=px)
+            arrays.update(fsc_ref=fsc_ref, ref_flipped=np.array(bool(flipped)))
+            self.info("FSC vs reference" + (" (after flipping handedness)" if flipped else ""))
+        np.savez(self._getExtraPath(FSC_FILE), **arrays)
+        for key in ("fsc_half", "fsc_ref"):
+            if key in arrays:
+                r5 = reconstruct.resolution_at(freq, arrays[key], 0.5)
+                r143 = reconstruct.resolution_at(freq, arrays[key], 0.143)
+                self.info(f"{key}: FSC0.5 {r5:.2f} A, FSC0.143 {r143:.2f} A")
+
+    def _readReference(self, size, px):
+        ref_obj = self.referenceVolume.get()
+        if ref_obj is None:
+            return None
+        from ..core import imaging
+        ref, _ = imaging.read_volume(convert.clean_path(ref_obj.getFileName()))
+        # Resample to the particles' pixel size, then crop/pad to their box.
+        new = int(round(ref.shape[0] * ref_obj.getSamplingRate() / px))
+        if new != ref.shape[0]:
+            ref = imaging.downsample_volume(ref, new)
+        return imaging.crop_or_pad_volume(ref, size)
+
+    def createOutputStep(self):
+        parts = self.inputParticles.get()
+        px = parts.getSamplingRate()
+        vol = Volume()
+        vol.setFileName(self._getExtraPath("volume.mrc"))
+        vol.setSamplingRate(px)
+        vol.setHalfMaps([self._getExtraPath("half1.mrc"), self._getExtraPath("half2.mrc")])
+        data = self._loadArrays(FSC_FILE)
+        fscs = self._createSetOfFSCs()
+        for key, label in (("fsc_half", "half maps"), ("fsc_ref", "vs reference")):
+            if key in data:
+                f = FSC(objLabel=label)
+                f.setData(data["freq"].tolist(), np.nan_to_num(data[key]).tolist())
+                fscs.append(f)
+        self._defineOutputs(outputVolume=vol, outputFSCs=fscs)
+        self._defineSourceRelation(self.inputParticles, vol)
+        self._defineSourceRelation(self.inputParticles, fscs)
+
+    def getResolutions(self):
+        """{'fsc_half': (FSC0.5 A, FSC0.143 A), 'fsc_ref': (...)} from the saved curves."""
+        import os
+        from ..core import reconstruct
+        path = self._getExtraPath(FSC_FILE)
+        if not os.path.exists(path):
+            return {}
+        data = self._loadArrays(FSC_FILE)
+        return {k: (reconstruct.resolution_at(data["freq"], data[k], 0.5),
+                    reconstruct.resolution_at(data["freq"], data[k], 0.143))
+                for k in ("fsc_half", "fsc_ref") if k in data}
+
+    # -------------------------- INFO ---------------------------------------------
+    def _validate(self):
+        parts = self.inputParticles.get()
+        errors = self._validateParticles(parts, "Input particles", needOrientations=True,
+                                         minCount=2)
+        try:
+            geometry.symmetry_group(self.symmetryGroup.get())
+        except ValueError as e:
+            errors.append(str(e))
+        if self.method == RECONSTRUCT_ASTRA:
+            from ..core.imaging import has_cuda
+            if not has_cuda():
+                errors.append("ASTRA CGLS needs a CUDA GPU and none is available: choose "
+                              "Fourier inversion.")
+        if parts is not None and parts.getSize():
+            rates = {round(p.getSamplingRate() or parts.getSamplingRate(), 4)
+                     for p in parts.iterItems(limit=200)}
+            if len(rates) > 1:
+                errors.append(f"Particles have mixed sampling rates {sorted(rates)}: "
+                              "resample them to one pixel size first.")
+        return errors
+
+    def _summary(self):
+        res = self.getResolutions()
+        if not res:
+            return ["Output not ready yet."]
+        lines = []
+        for key, label in (("fsc_half", "Half-map FSC"), ("fsc_ref", "FSC vs reference")):
+            if key in res:
+                lines.append(f"{label}: {res[key][0]:.2f} A at 0.5, {res[key][1]:.2f} A at 0.143.")
+        return lines
+
+    def _methods(self):
+        if not hasattr(self, "outputVolume"):
+            return []
+        how = "direct Fourier inversion" if self.method == RECONSTRUCT_FOURIER else "ASTRA CGLS"
+        return [f"A map was reconstructed by {how} from {self.inputParticles.get().getSize()} "
+                "particles; resolution by the FSC of two half maps."]
+
+    def _citations(self):
+        return ["Banjac2021"] + (["vanAarle2016"] if self.method == RECONSTRUCT_ASTRA else [])

@@ -1,0 +1,186 @@
+"""Protocol ``recover``: orientations from learned distances, with no ground truth (eq. 4)."""
+import json
+import os
+
+import numpy as np
+
+import pyworkflow.protocol.params as params
+from pyworkflow.constants import PROD
+from pwem.objects import SetOfParticles
+
+from .. import convert
+from .protocol_base import OrientLearnProtBase
+
+FEATURES_FILE = "features.npy"
+RESULT_FILE = "recovered.npz"
+HISTORY_FILE = "recovery_history.json"
+CONFIDENCE_ATTR = "_orientlearn_residual"
+
+
+class OrientLearnProtRecover(OrientLearnProtBase):
+    """Recover the orientation of every particle from a trained distance network.
+
+    Every particle is embedded once by the network, also after exact image-plane
+    transforms (rotations by 90 degrees, mirror) whose effect on the orientation is known.
+    A sparse graph links each particle to its nearest neighbours in feature space (over
+    all transforms) plus random far particles; the orientations (unit quaternions) are
+    found by making their distances match the estimated ones on the graph edges (eq. 4 of
+    Banjac et al.). Edges between an image and a transformed image are not invariant to a
+    rotation of the detector frame nor to the quaternion conjugation, so the result needs
+    no ground truth: it is defined up to a global rotation of the object and handedness,
+    which do not hinder reconstruction. Each particle gets a confidence score: its mean
+    residual on the graph (radians, lower is better).
+    """
+    _label = "recover orientations"
+    _devStatus = PROD
+    _possibleOutputs = {"outputParticles": SetOfParticles}
+
+    def _defineParams(self, form):
+        form.addSection(label="Input")
+        form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
+                      important=True, label="Particles",
+                      help="Particles to orient (they need no orientations). They are "
+                           "Fourier-resampled to the model's pixel size and box.")
+        form.addParam("inputModel", params.PointerParam, pointerClass="DistanceModel",
+                      important=True, label="Trained distance model",
+                      help="Output of 'train distance' or 'import trained model'.")
+        form.addSection(label="Recovery")
+        form.addParam("useTransforms", params.BooleanParam, default=True,
+                      label="Resolve the detector frame from the images?",
+                      help="Also compare particles with rotated and mirrored copies of the "
+                           "others. This pins the frame (no O(4) ambiguity left) so the "
+                           "output can be reconstructed without ground truth. Only switch "
+                           "off to reproduce the paper's setting.")
+        form.addParam("nNeighbors", params.IntParam, default=16, validators=[params.GT(0)],
+                      label="Neighbours per particle",
+                      help="Nearest neighbours in feature space linked to each particle. "
+                           "Small estimated distances are the reliable ones.")
+        form.addParam("nRandom", params.IntParam, default=4, validators=[params.GE(0)],
+                      label="Random pairs per particle",
+                      help="Random far pairs per particle; they keep the global shape.")
+        form.addParam("nSteps", params.IntParam, default=1500, validators=[params.GT(0)],
+                      expertLevel=params.LEVEL_ADVANCED, label="Optimisation steps",
+                      help="Maximum Adam steps on the sphere (stops earlier on convergence).")
+        form.addParam("learningRate", params.FloatParam, default=0.05,
+                      expertLevel=params.LEVEL_ADVANCED, label="Learning rate",
+                      help="Adam step size on the quaternions.")
+        form.addParam("restarts", params.IntParam, default=2,
+                      expertLevel=params.LEVEL_ADVANCED, label="Restarts",
+                      help="Random restarts; the lowest loss is kept.")
+        self._addSeedParam(form)
+        self._addGpuParams(form)
+
+    def _insertAllSteps(self):
+        self._insertFunctionStep(self.embedStep, needsGPU=True)
+        self._insertFunctionStep(self.recoverStep, needsGPU=False)
+        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+
+    # -------------------------- STEPS -------------------------------------------
+    def _transforms(self):
+        from ..core.recovery import image_transforms
+        return image_transforms(n_rotations=4, mirror=True)[0] if self.useTransforms \
+            else image_transforms(n_rotations=1, mirror=False)[0]
+
+    def embedStep(self):
+        self._configureDevices()
+        from ..core import distance, imaging
+        model_obj = self.inputModel.get()
+        model, meta = distance.load_distance_model(model_obj.getFileName())
+        ids, images = convert.read_particle_images(self.inputParticles.get())
+        self._checkFinite(images, "Input images")
+        images = self._toModelGrid(images, model_obj)
+        transforms = self._transforms()
+        feats = []
+        for k, g in enumerate(transforms):
+            self.info(f"Embedding transform {k + 1}/{len(transforms)}")
+            feats.append(distance.embed(model, imaging.apply_image_transform(images, g),
+                                        progress=self._progress(f"Embedding {k + 1}/{len(transforms)}", "images")))
+        np.save(self._getExtraPath(FEATURES_FILE), np.stack(feats).astype(np.float32))
+
+    def _toModelGrid(self, images, model_obj):
+        """Resample particles to the model's pixel size and box (and say so)."""
+        from ..core import imaging
+        parts = self.inputParticles.get()
+        size, rate = model_obj.getImageSize(), model_obj.getSamplingRate()
+        box_A = parts.getXDim() * parts.getSamplingRate()
+        new = int(round(box_A / rate))
+        if new != images.shape[-1]:
+            self.info(f"Resampling particles {images.shape[-1]} px at "
+                      f"{parts.getSamplingRate():.3f} A/px -> {new} px at {rate:.3f} A/px.")
+            images = imaging.downsample(images, new)
+        if new != size:
+            self.info(f"Cropping/padding the box {new} -> {size} px (model's box).")
+            images = imaging.crop_or_pad(images, size)
+        return images
+
+    def recoverStep(self):
+        from ..core import recovery
+        feats = np.load(self._getExtraPath(FEATURES_FILE))
+        q, info = recovery.recover_from_features(
+            feats, self._transforms(), n_neighbors=self.nNeighbors.get(),
+            n_random=self.nRandom.get(), n_steps=self.nSteps.get(),
+            learning_rate=self.learningRate.get(), restarts=self.restarts.get(),
+            seed=self.seed.get(), progress=self._progress("Recovery", "steps"))
+        np.savez(self._getExtraPath(RESULT_FILE), quaternions=q,
+                 residual=np.asarray(info["residual"], dtype=np.float64))
+        with open(self._getExtraPath(HISTORY_FILE), "w") as f:
+            json.dump({"loss": [float(v) for v in info["loss_history"]],
+                       "final_loss": float(info["loss_history"][-1])}, f)
+        self.info(f"Final L_OR {info['loss_history'][-1]:.5g}; median residual "
+                  f"{np.median(info['residual']):.3f} rad.")
+
+    def createOutputStep(self):
+        parts = self.inputParticles.get()
+        res = self._loadArrays(RESULT_FILE)
+        out = convert.copy_particles_with_orientations(
+            self, parts, res["quaternions"], extra={CONFIDENCE_ATTR: res["residual"]})
+        self._defineOutputs(outputParticles=out)
+        self._defineTransformRelation(self.inputParticles, out)
+
+    def getLossHistory(self):
+        path = self._getExtraPath(HISTORY_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)["loss"]
+        return []
+
+    # -------------------------- INFO ---------------------------------------------
+    def _validate(self):
+        errors = self._validateParticles(self.inputParticles.get(), "Input particles",
+                                         minCount=max(10, self.nNeighbors.get() + 2))
+        model = self.inputModel.get()
+        if model is None:
+            return errors + ["Trained distance model: not set."]
+        fn = model.getFileName()
+        if not fn or not os.path.exists(fn):
+            errors.append(f"The model file {fn} is missing: re-run or re-import the model.")
+        parts = self.inputParticles.get()
+        if parts is not None and parts.getSize() and model.getSamplingRate():
+            box_A = parts.getXDim() * parts.getSamplingRate()
+            model_A = model.getImageSize() * model.getSamplingRate()
+            if abs(box_A - model_A) > 0.15 * model_A:
+                errors.append(f"The particles' box is {box_A:.0f} A but the model was trained "
+                              f"on {model_A:.0f} A boxes: re-extract or resize the particles "
+                              "to a similar physical box (they are resampled to the model's "
+                              "pixel size automatically).")
+        return errors
+
+    def _summary(self):
+        if not hasattr(self, "outputParticles"):
+            return ["Output not ready yet."]
+        loss = self.getLossHistory()
+        res = self._loadArrays(RESULT_FILE)["residual"]
+        return [f"{self.outputParticles.getSize()} particles oriented; final L_OR "
+                f"{loss[-1]:.4g}; median residual {np.degrees(np.median(res)):.1f} deg.",
+                "Frame resolved from image transforms (no O(4) ambiguity)."
+                if self.useTransforms else "Paper setting: defined up to O(4)."]
+
+    def _methods(self):
+        if not hasattr(self, "outputParticles"):
+            return []
+        return ["Orientations were recovered from distances estimated by a Siamese network "
+                f"[Banjac2021] on a graph of {self.nNeighbors.get()} neighbours and "
+                f"{self.nRandom.get()} random pairs per particle."]
+
+    def _citations(self):
+        return ["Banjac2021"]

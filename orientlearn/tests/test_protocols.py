@@ -1,0 +1,141 @@
+"""Scipion protocol tests: the whole workflow, small, in a real Scipion project.
+
+simulate -> train -> recover -> compare -> reconstruct, on the bundled 5j0n map at 32 px
+with a tiny network, plus the refusals of bad input. Runs headless under pytest (the
+root conftest.py sets up scratch Scipion folders).
+"""
+import os
+
+import numpy as np
+import mrcfile
+
+from pyworkflow.tests import BaseTest, setupTestProject
+from pwem.protocols import ProtImportVolumes, ProtImportParticles
+
+import orientlearn
+from orientlearn import convert
+from orientlearn.core import geometry
+from orientlearn.protocols import (OrientLearnProtSimulate, OrientLearnProtTrain,
+                                   OrientLearnProtRecover, OrientLearnProtReconstruct,
+                                   OrientLearnProtCompare, OrientLearnProtImportModel)
+from orientlearn.protocols.protocol_recover import CONFIDENCE_ATTR
+from orientlearn.protocols.protocol_compare import ERROR_ATTR
+
+
+class TestOrientLearnWorkflow(BaseTest):
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        cls.volume = cls.runImportVolume()
+
+    @classmethod
+    def runImportVolume(cls):
+        prot = cls.newProtocol(ProtImportVolumes, filesPath=orientlearn.Plugin.getDemoMap(),
+                               samplingRate=3.667)
+        cls.launchProtocol(prot)
+        return prot.outputVolume
+
+    def _simulate(self, n, size=32, **kwargs):
+        prot = self.newProtocol(OrientLearnProtSimulate, inputVolume=self.volume,
+                                numberOfParticles=n, imageSize=size, **kwargs)
+        self.launchProtocol(prot)
+        return prot
+
+    def test_simulate_outputs_ground_truth(self):
+        prot = self._simulate(40, size=32, noiseMode=1, sigma2=4.0, maxShift=2.0,
+                              doCtf=True, seed=3)
+        parts = prot.outputParticles
+        self.assertSetSize(parts, 40)
+        self.assertEqual(parts.getXDim(), 32)
+        # The 69x57x75 map is padded to an even cube (76) and downsampled to 32 px.
+        self.assertAlmostEqual(parts.getSamplingRate(), 3.667 * 76 / 32, places=3)
+        self.assertTrue(parts.hasCTF())
+        ids, q, shifts = convert.particle_orientations(parts)
+        self.assertEqual(q.shape, (40, 4))
+        self.assertTrue(np.all(np.abs(shifts) <= 2.0 + 1e-6))
+        self.assertGreater(np.abs(shifts).max(), 0.1)
+        # Orientations stored on the particles are the ones the images were made with.
+        truth = np.load(prot._getExtraPath("ground_truth.npz"))
+        self.assertLess(geometry.distance(q, truth["quaternions"]).max(), 1e-6)
+        _, images = convert.read_particle_images(parts)
+        self.assertEqual(images.shape, (40, 32, 32))
+        self.assertTrue(np.all(np.isfinite(images)))
+        self.assertTrue(any("Projections:" in line for line in open(prot.getLogPaths()[0])))
+
+    def test_workflow_end_to_end(self):
+        sim = self._simulate(240, size=32, noiseMode=0, seed=1)
+        train = self.newProtocol(OrientLearnProtTrain, imageSize=32, epochs=3, batchSize=32,
+                                 nFeatures=16, stepsPerEpoch=10, seed=1)
+        train.inputParticles.append(sim.outputParticles)
+        self.launchProtocol(train)
+        model = train.outputModel
+        self.assertTrue(os.path.exists(model.getFileName()))
+        self.assertEqual(model.getImageSize(), 32)
+        self.assertEqual(len(model.getHistory()["loss"]), 3)
+
+        # Loads back through the import protocol.
+        imp = self.newProtocol(OrientLearnProtImportModel, modelFile=model.getFileName())
+        self.launchProtocol(imp)
+        self.assertEqual(imp.outputModel.getImageSize(), 32)
+
+        rec = self.newProtocol(OrientLearnProtRecover, inputParticles=sim.outputParticles,
+                               inputModel=model, nSteps=100, restarts=1, seed=1)
+        self.launchProtocol(rec)
+        out = rec.outputParticles
+        self.assertSetSize(out, 240)
+        first = out.getFirstItem()
+        self.assertTrue(first.hasTransform())
+        self.assertTrue(hasattr(first, CONFIDENCE_ATTR))
+        self.assertGreater(len(rec.getLossHistory()), 1)
+
+        cmp_ = self.newProtocol(OrientLearnProtCompare, inputParticles=out,
+                                referenceParticles=sim.outputParticles)
+        self.launchProtocol(cmp_)
+        res = cmp_.getResults()
+        for key in ("o4_mean", "o4_median", "rot_mean", "rot_median"):
+            self.assertTrue(0 <= res[key] <= np.pi)
+        # O(4) has more freedom than rotation + handedness: its error cannot be larger.
+        self.assertLessEqual(res["o4_mean"], res["rot_mean"] + 1e-6)
+        self.assertTrue(hasattr(cmp_.outputParticles.getFirstItem(), ERROR_ATTR))
+
+        recon = self.newProtocol(OrientLearnProtReconstruct,
+                                 inputParticles=cmp_.outputParticles,
+                                 referenceVolume=self.volume)
+        self.launchProtocol(recon)
+        vol = recon.outputVolume
+        self.assertTrue(os.path.exists(vol.getFileName()))
+        with mrcfile.open(vol.getFileName()) as m:
+            self.assertEqual(m.data.shape, (32, 32, 32))
+        self.assertEqual(recon.outputFSCs.getSize(), 2)
+        self.assertIn("fsc_ref", recon.getResolutions())
+
+    def test_reconstruct_true_orientations_beats_random(self):
+        sim = self._simulate(300, size=32, noiseMode=0, seed=2)
+        good = self.newProtocol(OrientLearnProtReconstruct, inputParticles=sim.outputParticles,
+                                referenceVolume=self.volume)
+        self.launchProtocol(good)
+        res_good = good.getResolutions()["fsc_ref"][0]
+        px = sim.outputParticles.getSamplingRate()
+        # Near Nyquist (2 px) with true orientations.
+        self.assertLess(res_good, 2.6 * px)
+
+    def test_refusals(self):
+        # Recover without a model, reconstruct without orientations.
+        sim = self._simulate(20, size=32, noiseMode=0)
+        rec = self.newProtocol(OrientLearnProtRecover, inputParticles=sim.outputParticles)
+        errors = rec.validate()
+        self.assertTrue(any("model" in e.lower() for e in errors), errors)
+
+        stack = os.path.abspath(self.proj.getPath("plain.mrcs"))
+        convert.write_stack(stack, np.random.default_rng(0).normal(size=(12, 32, 32)), 2.0)
+        imp = self.newProtocol(ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_FILES,
+                               filesPath=stack, samplingRate=2.0)
+        self.launchProtocol(imp)
+        recon = self.newProtocol(OrientLearnProtReconstruct, inputParticles=imp.outputParticles)
+        errors = recon.validate()
+        self.assertTrue(any("orientation" in e.lower() for e in errors), errors)
+
+        train = self.newProtocol(OrientLearnProtTrain)
+        train.inputParticles.append(imp.outputParticles)
+        errors = train.validate()
+        self.assertTrue(any("ALIGN_PROJ" in e for e in errors), errors)
