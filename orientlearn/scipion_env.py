@@ -33,6 +33,9 @@ def setup_scipion_environment(user_data=None, scipion_home=None, override=False)
         with open(hosts, "w") as f:
             f.write(HOSTS_CONF)
     put("SCIPION_DOMAIN", "pwem")
+    # Default of the workflow templates' map (templates expand %(VAR)s from the environment).
+    os.environ.setdefault("ORIENTLEARN_DEMO_MAP", os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "data", "5j0n.mrc"))
     put("SCIPION_TESTS", os.path.join(home, "data", "tests"))
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -150,9 +150,11 @@ class OrientLearnProtTrain(OrientLearnProtBase):
             loss=LOSSES[self.lossFunction.get()],
             validation_fraction=self.validationFraction.get(), patience=self.patience.get(),
             steps_per_epoch=self.stepsPerEpoch.get() or None,
-            augmentation=dict(transforms=bool(self.augmentTransforms),
-                              noise_sigma2=(self.noiseMin.get(), self.noiseMax.get()),
-                              max_shift=self.shiftMax.get()),
+            augmentation=dict(rotations=bool(self.augmentTransforms),
+                              mirror=bool(self.augmentTransforms),
+                              copy_fraction=0.5 if self.augmentTransforms else 0.0,
+                              noise_variance=(self.noiseMin.get(), self.noiseMax.get()),
+                              max_shift=int(round(self.shiftMax.get()))),
             checkpoint_dir=self._getExtraPath("checkpoints"), seed=self.seed.get(),
             progress=log_epoch)
         with open(self._getExtraPath(HISTORY_FILE), "w") as f:
@@ -189,11 +191,9 @@ class OrientLearnProtTrain(OrientLearnProtBase):
     def _evaluate(self, model, images, quats, history):
         """Estimated vs true distances on held-out particles, for the viewer (paper Fig. 6)."""
         from ..core import distance
-        val_idx = history.get("validation_indices")
-        imgs, q = images[0], quats[0]
-        if val_idx is not None and len(val_idx) > 1:
-            idx = np.asarray(val_idx[0] if isinstance(val_idx[0], (list, np.ndarray)) else val_idx)
-            imgs, q = imgs[idx], q[idx]
+        idx = distance.validation_indices(len(images[0]), self.validationFraction.get(),
+                                          seed=self.seed.get(), set_index=0)
+        imgs, q = images[0][idx], quats[0][idx]
         rng = np.random.default_rng(self.seed.get())
         sel = rng.choice(len(imgs), size=min(len(imgs), 400), replace=False)
         feats = distance.embed(model, imgs[sel])
@@ -295,7 +295,8 @@ class OrientLearnProtImportModel(OrientLearnProtBase):
         src = self.modelFile.get()
         _, meta = distance.load_distance_model(src)  # fails clearly if corrupt
         dst = self._getExtraPath(MODEL_FILE)
-        distance.copy_distance_model(src, dst)
+        shutil.copy(src, dst)
+        shutil.copy(os.path.splitext(src)[0] + ".json", os.path.splitext(dst)[0] + ".json")
         hist = None
         src_hist = os.path.join(os.path.dirname(src), HISTORY_FILE)
         if os.path.exists(src_hist):

@@ -1,0 +1,2 @@
+"""Viewers of orientlearn: plots (pure matplotlib), figures per protocol, Scipion viewers."""
+from .viewers import OrientLearnViewer, DistanceModelViewer

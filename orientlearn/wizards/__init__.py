@@ -1,0 +1,2 @@
+"""Scipion wizards of orientlearn."""
+from .wizards import NoiseWizard, ImageSizeWizard, MaxShiftWizard, SymmetryWizard
