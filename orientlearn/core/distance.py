@@ -35,7 +35,7 @@ __all__ = [
     "build_embedding_network", "feature_distance", "feature_distance_tf",
     "preprocess_images", "embed", "train_distance_model", "save_distance_model",
     "load_distance_model", "estimate_distances", "distance_matrix", "make_strategy",
-    "symmetric_distance_tf", "rotate_images_90", "mirror_images", "transform_quaternion",
+    "symmetric_distance_tf", "rotate_images_90", "ctf_augmentation", "mirror_images", "transform_quaternion",
     "ARCHITECTURES", "DEFAULT_AUGMENTATION",
 ]
 
@@ -48,7 +48,8 @@ DEFAULT_AUGMENTATION = dict(
     copy_fraction=0.5,      # fraction of each batch that are transformed copies of others
     noise_variance=(0.0, 0.0),  # range of sigma^2 of added white noise (clean images: var 1)
     max_shift=0,            # random integer shifts in [-max_shift, max_shift] pixels
-    ctf=None,               # hook: callable(images (n,S,S), rng) -> images, before noise
+    ctf=None,               # hook callable(images (n,S,S), rng) -> images, before noise;
+                            # e.g. ctf_augmentation(pixel_size)
 )
 
 
@@ -74,7 +75,7 @@ def _scale_norm_class():
 
     @keras.saving.register_keras_serializable(package="orientlearn")
     class ScaleNorm(keras.layers.Layer):
-        def __init__(self, momentum=0.99, epsilon=1e-3, **kwargs):
+        def __init__(self, momentum=0.95, epsilon=1e-3, **kwargs):
             super().__init__(**kwargs)
             self.momentum, self.epsilon = momentum, epsilon
 
@@ -266,6 +267,26 @@ def transform_quaternion(q, k, mirror):
         gm = geometry.multiply(geometry.MIRROR_QUATERNION, g)
         g = np.where(np.asarray(mirror, bool)[..., None], gm, g)
     return geometry.multiply(g, q)
+
+
+def ctf_augmentation(pixel_size, defocus_range=(1e4, 3e4), astigmatism=(0.0, 500.0),
+                     voltage=300.0, cs=2.7, amplitude_contrast=0.1):
+    """A ``ctf`` hook for ``train_distance_model``'s ``augmentation``: multiplies each
+    image's spectrum by a random CTF (``imaging.ctf_2d_batch``; defocus Angstrom uniform
+    on ``defocus_range``, astigmatism ``du - dv`` on ``astigmatism``, random angle), drawn
+    from the batch's seeded generator. ``pixel_size`` Angstrom of the training images."""
+    from . import imaging
+
+    def hook(images, rng):
+        n, size = len(images), images.shape[-1]
+        mean = rng.uniform(*defocus_range, n)
+        astig = rng.uniform(*astigmatism, n)
+        ctfs = imaging.ctf_2d_batch(size, pixel_size, mean + astig / 2, mean - astig / 2,
+                                    rng.uniform(0, np.pi, n), voltage=voltage, cs=cs,
+                                    amplitude_contrast=amplitude_contrast)
+        return preprocess_images(imaging.apply_ctf(images, ctfs))[..., 0]
+
+    return hook
 
 
 def _augment_batch(clean, quats, aug, rng):
@@ -529,12 +550,13 @@ def train_distance_model(images, quaternions, symmetry="C1", architecture="resne
 
     sig = [tf.TensorSpec([None, None, None, 1], tf.float32), tf.TensorSpec([None, 4], tf.float32)]
 
-    @tf.function(reduce_retracing=True)
+    # autograph=False: the steps have no tensor-dependent Python control flow.
+    @tf.function(reduce_retracing=True, autograph=False)
     def train_step(x, q):
         v = strategy.run(replica_train, args=(x, q))
         return strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
 
-    @tf.function(input_signature=sig)
+    @tf.function(input_signature=sig, autograph=False)
     def eval_step(x, q):
         return replica_eval(x, q)
 
@@ -578,18 +600,24 @@ def train_distance_model(images, quaternions, symmetry="C1", architecture="resne
         rng = np.random.default_rng([seed, 3, epoch])   # per epoch: resumable, reproducible
         t0 = time.perf_counter()
         losses = []
-        for _ in range(steps_per_epoch):
+        for step in range(steps_per_epoch):
             s = rng.choice(len(clean), p=set_prob)
             x, q = _draw_batch(clean[s], quats[s], train_pools[s], batch_size, aug, rng)
             losses.append(train_step(split(x), split(q.astype(np.float32))))
+            if step == 0:
+                losses[0] = float(losses[0])
+                t_first = time.perf_counter()   # rates exclude the first step (tracing)
         losses = [float(v) for v in losses]
-        dt = time.perf_counter() - t0
+        t_end = time.perf_counter()
+        dt = t_end - t0
+        timed_steps = steps_per_epoch - 1 if steps_per_epoch > 1 else 1
+        rate_dt = (t_end - t_first) if steps_per_epoch > 1 else dt
         val = (float(np.mean([float(eval_step(tf.constant(x), tf.constant(q, tf.float32))[0])
                               for x, q in val_batches])) if val_batches else float("nan"))
         history["loss"].append(float(np.mean(losses)))
         history["val_loss"].append(val)
-        history["pairs_per_s"].append(steps_per_epoch * pairs_per_step / dt)
-        history["images_per_s"].append(steps_per_epoch * batch_size / dt)
+        history["pairs_per_s"].append(timed_steps * pairs_per_step / rate_dt)
+        history["images_per_s"].append(timed_steps * batch_size / rate_dt)
         history["epoch_time"].append(dt)
         history["lr"].append(float(learning_rate))
         monitor = val if val_batches else history["loss"][-1]
@@ -608,12 +636,12 @@ def train_distance_model(images, quaternions, symmetry="C1", architecture="resne
             _write_atomic(ckpt_state, lambda p: _dump_json(
                 p, dict(epoch=epoch + 1, wait=wait, history=history)))
         if progress is not None:
-            done_times = history["epoch_time"]
+            done_times = history["epoch_time"]   # the last one: no tracing in it
             logs = _EpochLogs(epoch=epoch + 1, loss=history["loss"][-1], val_loss=val,
                               val_constant_baseline=baseline,
                               pairs_per_s=history["pairs_per_s"][-1],
                               images_per_s=history["images_per_s"][-1], epoch_time=dt,
-                              eta_s=float(np.mean(done_times)) * (epochs - epoch - 1))
+                              eta_s=float(done_times[-1]) * (epochs - epoch - 1))
             progress(epoch + 1, epochs, logs)
     if best_weights is not None:
         model.set_weights(best_weights)
@@ -630,7 +658,7 @@ def embed(model, images, batch_size=256, progress=None):
     n = len(x)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)],
-                 reduce_retracing=True)
+                 autograph=False)
     def forward(batch):
         return tf.math.l2_normalize(model(batch, training=False), axis=-1)
 
@@ -710,3 +738,19 @@ def load_distance_model(path):
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"Corrupt metadata file {meta_path}: {exc}") from exc
     return model, meta
+
+
+def validation_indices(set_sizes, validation_fraction=0.2, seed=0):
+    """The particles ``train_distance_model`` holds out, per training set.
+
+    ``set_sizes``: an int or a list of ints (particles per set). Returns a list of sorted
+    index arrays, one per set: the same split ``train_distance_model`` makes with the same
+    ``validation_fraction`` and ``seed`` (so held-out particles can be evaluated later).
+    """
+    sizes = [set_sizes] if np.isscalar(set_sizes) else list(set_sizes)
+    split_rng = np.random.default_rng([seed, 1])
+    out = []
+    for n in sizes:
+        perm = split_rng.permutation(int(n))
+        out.append(np.sort(perm[:int(round(validation_fraction * n))]))
+    return out

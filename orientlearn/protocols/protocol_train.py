@@ -191,8 +191,8 @@ class OrientLearnProtTrain(OrientLearnProtBase):
     def _evaluate(self, model, images, quats, history):
         """Estimated vs true distances on held-out particles, for the viewer (paper Fig. 6)."""
         from ..core import distance
-        idx = distance.validation_indices(len(images[0]), self.validationFraction.get(),
-                                          seed=self.seed.get(), set_index=0)
+        idx = distance.validation_indices([len(x) for x in images],
+                                          self.validationFraction.get(), seed=self.seed.get())[0]
         imgs, q = images[0][idx], quats[0][idx]
         rng = np.random.default_rng(self.seed.get())
         sel = rng.choice(len(imgs), size=min(len(imgs), 400), replace=False)

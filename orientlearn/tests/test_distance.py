@@ -3,6 +3,7 @@
 Small synthetic data made here (a real-space projector of an asymmetric blob volume),
 tiny networks, CPU only.
 """
+import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -66,6 +67,15 @@ def test_image_transforms_match_quaternion_convention(size):
             img = dist.mirror_images(img) if m else img
             ref = project(vol, dist.transform_quaternion(q, k, m))
             assert np.abs(img - ref).max() < 1e-6 * scale, (k, m)
+    try:                                    # the imaging module's general rotation agrees
+        from orientlearn.core import imaging
+    except ImportError:
+        imaging = None
+    if imaging is not None and hasattr(imaging, "rotate_images"):
+        for k in range(4):
+            np.testing.assert_allclose(dist.rotate_images_90(p, k),
+                                       imaging.rotate_images(p, -k * np.pi / 2), atol=1e-5 * scale)
+            np.testing.assert_allclose(dist.mirror_images(p), imaging.mirror_images(p), atol=0)
     # The opposite sign convention would fail: a quarter turn is not its own inverse.
     wrong = project(vol, geometry.multiply(geometry.in_plane_quaternion(np.pi / 2), q))
     assert np.abs(dist.rotate_images_90(p, 1) - wrong).max() > 0.1 * scale
@@ -171,12 +181,12 @@ def projections(volume):
 def test_training_beats_constant_predictor(projections):
     imgs, q = projections
     model, hist = dist.train_distance_model(
-        imgs, q, architecture="resnet", n_features=16, width=8, epochs=6, batch_size=32,
+        imgs, q, architecture="resnet", n_features=16, width=8, epochs=4, batch_size=32,
         steps_per_epoch=50, learning_rate=3e-3, patience=None, seed=0)
     base = hist["val_constant_baseline"]
     assert np.isfinite(base) and base > 0
     assert min(hist["val_loss"]) < 0.6 * base, (hist["val_loss"], base)
-    assert len(hist["loss"]) == 6 and all(p > 0 for p in hist["pairs_per_s"])
+    assert len(hist["loss"]) == 4 and all(p > 0 for p in hist["pairs_per_s"])
     # The model's own distances: an image vs its mirror is far, vs itself zero.
     d_self = dist.estimate_distances(model, imgs[:20], imgs[:20])
     d_mirror = dist.estimate_distances(model, imgs[:20], dist.mirror_images(imgs[:20]))
@@ -217,14 +227,33 @@ def test_resume_from_checkpoint(projections, tmp_path):
     assert len(hist2["loss"]) == 4
 
 
-def test_several_sets_and_symmetry(projections):
+def test_several_sets_symmetry_and_augmentation(projections):
     imgs, q = projections
+    aug = dict(noise_variance=(0.5, 2.0), max_shift=2)
+    if importlib.util.find_spec("orientlearn.core.imaging") is not None:
+        aug["ctf"] = dist.ctf_augmentation(pixel_size=5.0)
     model, hist = dist.train_distance_model(
         [imgs[:60], imgs[60:120]], [q[:60], q[60:120]], symmetry="C2", n_features=8,
-        width=4, epochs=1, batch_size=16, steps_per_epoch=3, seed=0)
+        width=4, epochs=1, batch_size=16, steps_per_epoch=3, seed=0, augmentation=aug)
     assert len(hist["val_loss"]) == 1 and np.isfinite(hist["val_loss"][0])
     with pytest.raises(ValueError):
         dist.train_distance_model([imgs[:60]], [q[:60], q[:60]], epochs=1)
+    with pytest.raises(ValueError):
+        dist.train_distance_model(imgs, q, epochs=1, augmentation=dict(flip=True))
+
+
+def test_augmented_batch_is_seeded_and_has_hard_pairs(projections):
+    imgs, q = projections
+    clean = dist.preprocess_images(imgs)[..., 0]
+    aug = dict(dist.DEFAULT_AUGMENTATION, noise_variance=(1.0, 1.0))
+    a = dist._draw_batch(clean, q, np.arange(100), 32, aug, np.random.default_rng(5))
+    b = dist._draw_batch(clean, q, np.arange(100), 32, aug, np.random.default_rng(5))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[0].shape == (32, 24, 24, 1)
+    d = geometry.distance(a[1][:, None], a[1][None])[np.triu_indices(32, 1)]
+    # Copies of the same particle under another rotation / mirror: d = pi/2 or pi exactly.
+    assert np.sum(np.isclose(d, np.pi / 2, atol=1e-6) | np.isclose(d, np.pi, atol=1e-6)) >= 5
 
 
 def test_save_load_round_trip_and_errors(tmp_path):
@@ -248,3 +277,16 @@ def test_save_load_round_trip_and_errors(tmp_path):
     junk.write_text("not a model")
     with pytest.raises(ValueError):
         dist.load_distance_model(str(junk))
+
+
+def test_validation_indices_match_training_split():
+    # The held-out particles reported for evaluation are those training never saw:
+    # same permutation stream as train_distance_model's split.
+    import numpy as np
+    from orientlearn.core import distance
+    a = distance.validation_indices([100, 40], 0.2, seed=3)
+    assert [len(x) for x in a] == [20, 8]
+    rng = np.random.default_rng([3, 1])
+    assert np.array_equal(a[0], np.sort(rng.permutation(100)[:20]))
+    assert np.array_equal(a[1], np.sort(rng.permutation(40)[:8]))
+    assert not np.array_equal(a[0], distance.validation_indices(100, 0.2, seed=4)[0])
