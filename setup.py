@@ -30,7 +30,9 @@ setup(
     extras_require={
         # CUDA TensorFlow in place of the CPU build (uninstall tensorflow-cpu first).
         "gpu": ["tensorflow[and-cuda]>=2.18,<2.19"],
-        "test": ["pytest>=7"],
+        # scipion-em-relion: its star converter checks our ALIGN_PROJ convention in
+        # tests/test_convert.py (skipped without it); pure Python, leaves numpy alone.
+        "test": ["pytest>=7", "scipion-em-relion>=5.0.2,<6"],
     },
     entry_points={
         "pyworkflow.plugin": "orientlearn = orientlearn",
