@@ -16,6 +16,10 @@ import threading
 import time
 
 TEMPLATE = "orientlearn_ab_initio_simulated.json.template"
+# The template's protocols, in order (their labels in the project).
+STEPS = ["import density map", "simulate training particles", "simulate test particles",
+         "train distance", "recover orientations", "compare with ground truth",
+         "reconstruct (aligned to truth)", "reconstruct (as recovered)"]
 
 LAPTOP = dict(ntrain=3000, ntest=1000, size=48, testsize=48, epochs=12, steps=60,
               features=32, rsteps=1500)
@@ -31,9 +35,6 @@ def parse_args(argv=None):
     ap.add_argument("--name", default=None, help="project name (default: timestamped)")
     ap.add_argument("--location", default=None,
                     help="folder for the project (default: SCIPION_USER_DATA/projects)")
-    ap.add_argument("--user-data", default=None,
-                    help="Scipion data folder if SCIPION_USER_DATA is not set "
-                         "(default ~/ScipionUserData)")
     ap.add_argument("--map", default=None, help="density map (.mrc); default: bundled 5j0n")
     ap.add_argument("--pixel", type=float, default=None, help="pixel size of --map (A)")
     for key, help_ in [("ntrain", "training particles"), ("ntest", "test particles"),
@@ -65,9 +66,7 @@ def _tail(path, stop, echo):
 
 
 def run_workflow(args):
-    from .scipion_env import setup_scipion_environment
-    setup_scipion_environment(user_data=args.user_data)
-    import orientlearn
+    import orientlearn  # sets up a headless Scipion environment (see scipion_env.py)
     from pyworkflow.project import Manager
     from pyworkflow.template import LocalTemplate
 
@@ -78,6 +77,7 @@ def run_workflow(args):
     values["testsize"] = values["size"]
     template = LocalTemplate("orientlearn", os.path.join(
         os.path.dirname(orientlearn.__file__), "templates", TEMPLATE))
+    template.replaceEnvVariables()
     template.parseContent()
     params = dict(values, sigma2=args.sigma2, trainsigma2=args.sigma2,
                   map=os.path.abspath(args.map or orientlearn.Plugin.getDemoMap()),
@@ -91,8 +91,14 @@ def run_workflow(args):
     project = manager.createProject(name, location=args.location)
     project.loadProtocols(json_path)
     os.remove(json_path)
+    os.chdir(project.getPath())   # pyworkflow resolves the project's files from here
     print(f"Project {name} in {project.getPath()}", flush=True)
     runs = sorted(project.getRuns(), key=lambda r: r.getObjId())
+    if len(runs) != len(STEPS):
+        raise RuntimeError(f"The template gave {len(runs)} protocols, expected {len(STEPS)}.")
+    for prot, label in zip(runs, STEPS):
+        prot.setObjLabel(label)
+        project.saveProtocol(prot)
     timings = []
     for prot in runs:
         label = prot.getObjLabel()

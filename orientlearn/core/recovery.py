@@ -43,7 +43,8 @@ import numpy as np
 from . import geometry
 
 __all__ = ["Graph", "image_transforms", "build_graph", "edge_weights",
-           "recover_orientations", "recover_from_features", "orientation_loss"]
+           "recover_orientations", "recover_from_features", "orientation_loss",
+           "spectral_initialization", "resolve_ambiguity", "transform_table"]
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -205,56 +206,227 @@ def _robust(r, loss, scale):
     raise ValueError(f"unknown loss {loss!r}")
 
 
-def _edge_terms(q, i, j, k, transforms):
-    """Per-edge cosines etc. for unit ``q (N, 4)``.
+class _Edges:
+    """Edge arrays prepared once for repeated loss evaluations (indices, normalised
+    weights, virtual index ``k * N + j`` of the transformed partner)."""
 
-    Returns ``(d (E,), sign (E,), sin_half (E,), gq_j (E, 4), gtq_i (E, 4))`` where
-    ``gq_j = g_k q_j`` and ``gtq_i = conj(g_k) q_i`` (the gradients of ``c = <q_i, g q_j>``
-    w.r.t. ``q_i`` and ``q_j``).
-    """
-    K = len(transforms)
-    gq = geometry.multiply(transforms[:, None, :], q[None]).reshape(-1, 4)    # (K*N, 4)
-    gtq = geometry.multiply(geometry.conjugate(transforms)[:, None, :], q[None]).reshape(-1, 4)
-    N = len(q)
-    gq_j = gq[k * N + j]
-    gtq_i = gtq[k * N + i]
-    qi = q[i]
-    c = np.einsum("ef,ef->e", qi, gq_j)
-    sign = np.where(c < 0, -1.0, 1.0)
-    sv = gq_j * sign[:, None]
-    a = np.linalg.norm(qi - sv, axis=1)          # 2 sin(phi/2)
-    b = np.linalg.norm(qi + sv, axis=1)          # 2 cos(phi/2), phi = d/2
-    d = 4.0 * np.arctan2(a, b)
-    sin_half = 0.5 * a * b                       # sin(phi) = sin(d/2)
-    del K
-    return d, sign, sin_half, gq_j, gtq_i
+    def __init__(self, i, j, k, transforms, d_hat, weights, n_particles):
+        self.N = int(n_particles)
+        self.transforms = np.asarray(transforms, np.float64)
+        self.K = len(self.transforms)
+        self.i = np.asarray(i, np.int64)
+        self.vidx = np.asarray(k, np.int64) * self.N + np.asarray(j, np.int64)
+        self.d_hat = np.asarray(d_hat, np.float64)
+        w = np.ones(len(self.i)) if weights is None else np.asarray(weights, np.float64)
+        self.w = w / w.sum()
+
+
+def _loss_and_gradient(q, edges, loss="l2", loss_scale=0.3, with_gradient=True):
+    """Loss (float), Euclidean gradient ``(N, 4)`` and ``|residual| (E,)`` for unit q."""
+    e = edges
+    gq = geometry.multiply(e.transforms[:, None, :], q[None]).reshape(-1, 4)   # (K*N, 4)
+    qi = np.take(q, e.i, axis=0)
+    v = np.take(gq, e.vidx, axis=0)                                            # g_k q_j
+    c = np.einsum("ef,ef->e", qi, v)
+    ac = np.minimum(np.abs(c), 1.0)
+    r = 2.0 * np.arccos(ac) - e.d_hat
+    rho, drho = _robust(r, loss, loss_scale)
+    value = float(np.dot(e.w, rho))
+    if not with_gradient:
+        return value, None, np.abs(r)
+    # d(d_q)/dc = -2 sign(c) / sin(d/2), sin(d/2) = sqrt(1 - c^2), capped near d = 0.
+    sin_half = np.sqrt(np.maximum((1.0 - ac) * (1.0 + ac), _MIN_SIN ** 2))
+    dL_dc = e.w * drho * np.where(c < 0, 2.0, -2.0) / sin_half
+    N, K = e.N, e.K
+    grad = np.empty((N, 4))
+    acc = np.empty((K * N, 4))
+    for f in range(4):
+        grad[:, f] = np.bincount(e.i, dL_dc * v[:, f], minlength=N)
+        acc[:, f] = np.bincount(e.vidx, dL_dc * qi[:, f], minlength=K * N)
+    # c = <q_i, g q_j> = <conj(g) q_i, q_j>: map the partner gradients back to q_j.
+    grad += geometry.multiply(geometry.conjugate(e.transforms)[:, None, :],
+                              acc.reshape(K, N, 4)).sum(axis=0)
+    return value, grad, np.abs(r)
 
 
 def orientation_loss(q, i, j, k, transforms, d_hat, weights=None, loss="l2",
                      loss_scale=0.3, with_gradient=False):
-    """Weighted mean loss ``sum w rho(d_q(q_i, g_k q_j) - d_hat) / sum w`` (rad^2).
+    """Weighted mean loss ``sum w rho(d_q(q_i, g_k q_j) - d_hat) / sum w`` (rad^2 for l2).
 
     ``q (N, 4)`` unit quaternions; ``i, j, k (E,)``; ``transforms (K, 4)``;
     ``d_hat, weights (E,)``. With ``with_gradient`` also returns the Euclidean gradient
     ``(N, 4)`` and the per-edge absolute residuals ``(E,)``.
     """
     q = np.asarray(q, dtype=np.float64)
-    w = np.ones(len(i)) if weights is None else np.asarray(weights, dtype=np.float64)
-    wsum = w.sum()
-    d, sign, sin_half, gq_j, gtq_i = _edge_terms(q, i, j, k, transforms)
-    r = d - d_hat
-    rho, drho = _robust(r, loss, loss_scale)
-    value = float(np.dot(w, rho) / wsum)
-    if not with_gradient:
-        return value
-    # dd/dc = -2 sign(c) / sin(d/2)
-    dL_dc = (w / wsum) * drho * (-2.0 * sign) / np.maximum(sin_half, _MIN_SIN)
-    N = len(q)
-    grad = np.empty((N, 4))
-    for comp in range(4):
-        grad[:, comp] = (np.bincount(i, dL_dc * gq_j[:, comp], minlength=N)
-                         + np.bincount(j, dL_dc * gtq_i[:, comp], minlength=N))
-    return value, grad, np.abs(r)
+    edges = _Edges(i, j, k, transforms, d_hat, weights, len(q))
+    value, grad, res = _loss_and_gradient(q, edges, loss, loss_scale, with_gradient)
+    return (value, grad, res) if with_gradient else value
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+def transform_table(transforms):
+    """Multiplication table ``(K, K) int`` with ``g[table[l, k]] = +-g[l] g[k]``.
+
+    Raises ``ValueError`` if ``transforms (K, 4)`` is not closed under multiplication.
+    """
+    t = np.asarray(transforms, dtype=np.float64)
+    prod = geometry.multiply(t[:, None, :], t[None, :, :])              # (K, K, 4)
+    overlap = np.abs(np.einsum("lkf,mf->lkm", prod, t))
+    table = np.argmax(overlap, axis=2)
+    if np.any(np.max(overlap, axis=2) < 1 - 1e-6):
+        raise ValueError("transforms are not closed under composition")
+    return table
+
+
+def _virtual_edges(i, j, k, table, N):
+    """Edges of the graph on virtual nodes ``(n, l) -> l * N + n`` = orientation g_l q_n:
+    edge ``(i, j, k)`` says g_l q_i is near g_l g_k q_j, for every ``l``."""
+    K = len(table)
+    a = (np.arange(K)[:, None] * N + i[None]).ravel()
+    b = (table[:, k] * N + j[None]).ravel()
+    return a, b
+
+
+def _fit_rotations(Y, n_fit=5000, restarts=8, iterations=60, seed=0):
+    """Rotation matrices ``(M, 3, 3)`` from rows ``Y (M, 9)`` that span the entries of R
+    up to an unknown linear map (whitening, then alternating projection onto O(3) and
+    Procrustes in R^9)."""
+    rng = np.random.default_rng(seed)
+    # Whiten: for orientations covering SO(3) uniformly the entries of R are uncorrelated
+    # with variance 1/3, so after whitening the unknown map is orthogonal (Procrustes).
+    Y = Y - Y.mean(axis=0)
+    evals, evecs = np.linalg.eigh(Y.T @ Y / len(Y))
+    Y = Y @ evecs / np.sqrt(3.0 * np.maximum(evals, 1e-12 * evals.max()))
+    sub = Y[rng.choice(len(Y), size=min(n_fit, len(Y)), replace=False)]
+    best = (np.inf, None)
+    for _ in range(restarts):
+        M = np.linalg.qr(rng.standard_normal((9, 9)))[0]
+        for _ in range(iterations):
+            U, _, Vt = np.linalg.svd((sub @ M).reshape(-1, 3, 3))
+            X = (U @ Vt).reshape(-1, 9)                      # nearest O(3) matrices
+            u, _, vt = np.linalg.svd(sub.T @ X)
+            M = u @ vt
+        res = float(np.mean((sub @ M - X) ** 2))
+        if res < best[0]:
+            best = (res, M)
+    U, _, Vt = np.linalg.svd((Y @ best[1]).reshape(-1, 3, 3))
+    Rm = U @ Vt
+    # The fit is defined up to R -> -R: choose the sign that makes most of them rotations.
+    if np.mean(np.linalg.det(Rm) > 0) < 0.5:
+        Rm = -Rm
+    det = np.linalg.det(Rm)
+    Rm[det < 0] *= -1                                    # rare stragglers: flip to SO(3)
+    return Rm, best[0]
+
+
+def spectral_initialization(i, j, k, transforms, d_hat, n_particles, max_distance=None,
+                            seed=0):
+    """Rough orientations ``(N, 4)`` from the local edges by Laplacian eigenmaps on SO(3).
+
+    The first 9 non-trivial eigenfunctions of the Laplacian on SO(3) are the entries of
+    ``R(q)``; a kernel graph on the data approximates them (for a roughly uniform
+    coverage of orientations). Edges with transforms are used through virtual nodes
+    ``g_l q_n`` (the transforms must form a group, see ``transform_table``). Edges with
+    ``d_hat > max_distance`` (default: the 40th percentile) are ignored: they carry the
+    least reliable distances. A linear map from the eigenvectors to rotation matrices
+    is then fitted. The result is defined up to O(4) (fix with ``resolve_ambiguity``);
+    use it as ``q_init`` for ``recover_orientations``.
+    """
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as sla
+    i = np.asarray(i, np.int64); j = np.asarray(j, np.int64); k = np.asarray(k, np.int64)
+    d_hat = np.asarray(d_hat, np.float64)
+    N = int(n_particles)
+    table = transform_table(transforms)
+    K = len(table)
+    if max_distance is None:
+        max_distance = np.quantile(d_hat, 0.4)
+    keep = d_hat <= max_distance
+    i, j, k, d = i[keep], j[keep], k[keep], d_hat[keep]
+    eps = max(np.median(d) ** 2, 1e-6)
+    a, b = _virtual_edges(i, j, k, table, N)
+    w = np.tile(np.exp(-d * d / eps), K)
+    W = sp.coo_matrix((w, (a, b)), shape=(K * N, K * N)).tocsr()
+    W = (W + W.T).tocsr()
+    deg = np.asarray(W.sum(axis=1)).ravel()
+    deg = np.maximum(deg, 1e-12)
+    Dm = sp.diags(1.0 / np.sqrt(deg))
+    A = (Dm @ W @ Dm).tocsr()
+    v0 = np.random.default_rng(seed).standard_normal(K * N)
+    vals, vecs = sla.eigsh(A, k=16, which="LA", v0=v0, tol=1e-10)
+    order = np.argsort(-vals)
+    Y = (vecs[:, order[1:10]] / np.sqrt(deg)[:, None])[:N]   # nodes (n, 0)
+    Rm, _ = _fit_rotations(Y, seed=seed)
+    return geometry.matrix_to_quaternion(Rm)
+
+
+def resolve_ambiguity(q, i, j, k, transforms, d_hat, weights=None, n_candidates=2048,
+                      max_edges=3000, n_refine=3, seed=0):
+    """Fix the detector-side factor and the conjugation of an O(4)-ambiguous solution.
+
+    ``q (N, 4)`` fits the identity edges up to O(4), i.e. ``q ~ a q_true b`` or
+    ``a conj(q_true) b``. Only the transformed edges (``k`` with ``transforms[k] != 1``)
+    depend on ``a`` and on the conjugation; this scores ``q -> c q`` and
+    ``q -> c conj(q)`` for ``n_candidates`` uniform ``c`` on a subsample of at most
+    ``max_edges`` transformed edges, then refines the best ``c`` ``n_refine`` times by
+    sampling around it at shrinking scales, and returns ``(q_fixed (N, 4), info)`` for the best
+    one (``info``: ``conjugated`` bool, ``left`` (4,), ``loss``, ``loss_identity``).
+    The final joint refinement by ``recover_orientations`` polishes ``c``.
+    """
+    q = np.asarray(q, np.float64)
+    i = np.asarray(i, np.int64); j = np.asarray(j, np.int64); k = np.asarray(k, np.int64)
+    transforms = np.asarray(transforms, np.float64)
+    w = np.ones(len(i)) if weights is None else np.asarray(weights, np.float64)
+    nontrivial = np.abs(np.abs(transforms[:, 0]) - 1) > 1e-9
+    sel = np.flatnonzero(nontrivial[k])
+    rng = np.random.default_rng(seed)
+    if len(sel) == 0:
+        return q, dict(conjugated=False, left=np.array([1.0, 0, 0, 0]), loss=np.nan,
+                       loss_identity=np.nan)
+    if len(sel) > max_edges:
+        sel = rng.choice(sel, max_edges, replace=False)
+    ie, je, ke, de, we = i[sel], j[sel], k[sel], d_hat[sel], w[sel]
+    g = transforms[ke]
+
+    def score(c, conj):
+        """Losses ``(C,)`` of the candidates ``c (C, 4)`` applied as ``c q`` (or ``c conj(q)``)."""
+        qc = geometry.conjugate(q) if conj else q
+        qi, qj = qc[ie], qc[je]
+        out = []
+        for start in range(0, len(c), 64):
+            cc = c[start:start + 64]
+            # <c q_i, g c q_j> = <q_i, conj(c) g c q_j>
+            h = geometry.multiply(geometry.multiply(geometry.conjugate(cc)[:, None], g[None]),
+                                  cc[:, None])                            # (C, E', 4)
+            dot = np.abs(np.einsum("cef,ef->ce", geometry.multiply(h, qj[None]), qi))
+            d = 2 * np.arccos(np.clip(dot, 0, 1))
+            out.append(((d - de) ** 2) @ we / we.sum())
+        return np.concatenate(out)
+
+    identity = np.array([[1.0, 0, 0, 0]])
+    cands = np.concatenate([identity, geometry.uniform_quaternions(n_candidates, seed)])
+    loss_identity = float(score(identity, False)[0])
+    best = (np.inf, None, None)
+    for conj in (False, True):
+        losses = score(cands, conj)
+        m = int(np.argmin(losses))
+        if losses[m] < best[0]:
+            best = (float(losses[m]), conj, cands[m])
+    scale = 0.3     # ~ the spacing of the candidate grid, radians
+    for _ in range(n_refine):
+        _, conj, c0 = best
+        pert = geometry.normalize(np.concatenate(
+            [np.ones((256, 1)), 0.5 * scale * rng.standard_normal((256, 3))], axis=1))
+        local = np.concatenate([c0[None], geometry.multiply(pert, c0)])
+        losses = score(local, conj)
+        m = int(np.argmin(losses))
+        best = (float(losses[m]), conj, local[m])
+        scale /= 3
+    _, conj, c = best
+    q_fixed = geometry.multiply(c, geometry.conjugate(q) if conj else q)
+    return q_fixed, dict(conjugated=bool(conj), left=c, loss=best[0],
+                         loss_identity=loss_identity)
 
 
 # ----------------------------------------------------------------------------- recovery
@@ -282,7 +454,7 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
                          k=None, transforms=None, n_steps=1000, learning_rate=0.05,
                          final_learning_rate=0.002, restarts=1, restart_steps=200,
                          loss="l2", loss_scale=0.3, tol=1e-6, patience=50, q_init=None,
-                         seed=0, progress=None):
+                         init="spectral", seed=0, progress=None):
     """Minimise eq. (4) on a sparse graph: orientations ``q (N, 4)`` from distances.
 
     Edges ``e``: particles ``i[e], j[e]`` (``(E,)`` int), image-side transform given either
@@ -297,6 +469,13 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
     starts each run ``restart_steps`` steps and the lowest loss continues to the end.
     ``loss``: ``"l2"`` (eq. 4), ``"huber"`` or ``"cauchy"`` with ``loss_scale`` (radians).
     ``progress(done, total)`` is called every 10 steps.
+
+    Initialisation (``init``): ``"spectral"`` (default; ``spectral_initialization`` on
+    the edges, then ``resolve_ambiguity`` when there are transformed edges; falls back
+    to random when the transforms are not a group), ``"random"`` (uniform, with
+    ``restarts``), or an explicit ``q_init (N, 4)``. From random starts, sparse graphs
+    (tens of edges per particle) often end in folded local minima even with exact
+    distances; the spectral start avoids them when orientations cover SO(3).
 
     Returns ``(q (N, 4), info)`` with ``info``: ``loss`` (final weighted mean loss,
     rad^2), ``loss_history`` (per step), ``residual`` ``(N,)`` the weighted mean
@@ -318,6 +497,8 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
     w = np.ones(E) if weights is None else np.asarray(weights, dtype=np.float64)
     rng = np.random.default_rng(seed)
 
+    edges = _Edges(i, j, k, transforms, d_hat, w, N)
+
     def run(q, steps, step_offset, history, total):
         m = np.zeros_like(q)
         v = np.zeros_like(q)
@@ -326,8 +507,7 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
         best_recent = np.inf
         since_improved = 0
         for t in range(1, steps + 1):
-            value, grad, _ = orientation_loss(q, i, j, k, transforms, d_hat, w, loss,
-                                              loss_scale, with_gradient=True)
+            value, grad, _ = _loss_and_gradient(q, edges, loss, loss_scale)
             history.append(value)
             grad -= np.sum(grad * q, axis=1, keepdims=True) * q      # tangent part
             m = beta1 * m + (1 - beta1) * grad
@@ -339,7 +519,10 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
             q /= np.linalg.norm(q, axis=1, keepdims=True)
             if progress is not None and (len(history) % 10 == 0):
                 progress(min(len(history), total), total)
-            # Convergence: relative improvement over the last `patience` steps.
+            # Convergence: relative improvement over the last `patience` steps, or an
+            # (exact-distance) loss at round-off level.
+            if value < 1e-20:
+                break
             if value < best_recent * (1 - tol):
                 best_recent = value
                 since_improved = 0
@@ -351,6 +534,18 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
 
     restarts = max(1, int(restarts))
     history_all = []
+    init_info = {}
+    if q_init is None and init == "spectral":
+        try:
+            q_init = spectral_initialization(i, j, k, transforms, d_hat, N, seed=seed)
+            init_info["init"] = "spectral"
+            if np.any(np.abs(np.abs(transforms[:, 0]) - 1) > 1e-9):
+                q_init, amb = resolve_ambiguity(q_init, i, j, k, transforms, d_hat, w,
+                                                seed=seed)
+                init_info["ambiguity"] = amb
+        except (ValueError, np.linalg.LinAlgError) as err:   # not a group, degenerate
+            init_info["init"] = f"random (spectral failed: {err})"
+            q_init = None
     if q_init is not None:
         starts = [geometry.normalize(q_init)]
         restarts = 1
@@ -363,8 +558,7 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
         for q0 in starts:
             hist = []
             qr, _ = run(q0, restart_steps, 0, hist, total)
-            restart_losses.append(orientation_loss(qr, i, j, k, transforms, d_hat, w,
-                                                   loss, loss_scale))
+            restart_losses.append(_loss_and_gradient(qr, edges, loss, loss_scale, False)[0])
             candidates.append(qr)
             history_all.extend(hist)
         q = candidates[int(np.argmin(restart_losses))]
@@ -375,8 +569,7 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
     hist = []
     q, steps_done = run(q, remaining, offset, hist, total) if remaining else (q, 0)
     history_all.extend(hist)
-    value, _, abs_res = orientation_loss(q, i, j, k, transforms, d_hat, w, loss,
-                                         loss_scale, with_gradient=True)
+    value, _, abs_res = _loss_and_gradient(q, edges, loss, loss_scale, False)
     wsum_p = np.bincount(i, w, minlength=N) + np.bincount(j, w, minlength=N)
     res_p = (np.bincount(i, w * abs_res, minlength=N)
              + np.bincount(j, w * abs_res, minlength=N))
@@ -387,7 +580,7 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
         progress(total, total)
     info = dict(loss=value, loss_history=np.array(history_all), residual=residual,
                 n_steps=len(history_all), restart_losses=restart_losses,
-                seconds=time.time() - t0)
+                seconds=time.time() - t0, **init_info)
     return q, info
 
 

@@ -1,0 +1,359 @@
+"""The paper's benchmark (Banjac et al. 2021, 5j0n) with the core API; no Scipion needed.
+
+Per noise setting: simulate 5,000 projections of 5j0n (uniform SO(3), 116 px at
+3.667 A/px: the map zero-padded to the box, as in the paper), split them as the paper
+did (2,512 train / 838 validation / 1,650 test), train the distance network on
+train + validation (on a Fourier-downsampled copy, ``--net-size``), embed the test
+particles under the image-side transforms of ``recovery.image_transforms()``, recover
+their orientations, compare with the truth (E_OR after O(4) alignment, the paper's
+number, and after rotation + handedness only, what reconstruction sees), reconstruct
+the test particles at full size with the rotation-aligned orientations and compute the
+FSC against the true map. Prints one markdown table with the paper's numbers beside ours.
+
+Usage::
+
+    python benchmarks/paper.py                       # the full benchmark (long on a CPU)
+    python benchmarks/paper.py --sigma2 0 --train-minutes 10 --out bench.md
+    python benchmarks/paper.py --smoke               # tiny, < 60 s, checks the pipeline
+
+``--sigma2 0`` means noiseless. Training stops at ``--epochs`` or early stopping, or after
+the epoch during which ``--train-minutes`` ran out (then the weights are those of that
+last epoch, not of the best one).
+"""
+import argparse
+import datetime
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+if REPO not in sys.path:        # run as a script from anywhere
+    sys.path.insert(0, REPO)
+
+import numpy as np  # noqa: E402
+
+from orientlearn.core import alignment, distance, imaging, reconstruct, recovery  # noqa: E402
+
+MAP_PATH = os.path.join(REPO, "orientlearn", "data", "5j0n.mrc")
+PAPER_SPLIT = (2512, 838, 1650)            # train, validation, test (of 5,000)
+#: Paper, 5j0n: median E_OR (rad) and FSC0.5 (A) by sigma^2.
+PAPER = {0.0: dict(median=0.199, fsc05=12.2), 16.0: dict(median=0.255, fsc05=15.2)}
+
+
+class _TimeUp(Exception):
+    """Raised from the training progress callback when the time budget is spent."""
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process so far, MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def git_commit():
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout
+        return (head or "unknown") + (" (+ uncommitted changes)" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_description():
+    import tensorflow as tf
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return dict(platform=platform.platform(), python=platform.python_version(),
+                cpus=os.cpu_count(), tensorflow=tf.__version__,
+                gpu=", ".join(gpus) if gpus else "none (TF sees no GPU)")
+
+
+def split_sizes(n):
+    """The paper's split proportions scaled to ``n`` particles: (train, val, test)."""
+    total = sum(PAPER_SPLIT)
+    n_test = int(round(n * PAPER_SPLIT[2] / total))
+    n_val = int(round(n * PAPER_SPLIT[1] / total))
+    return n - n_val - n_test, n_val, n_test
+
+
+def volume_at_size(size, map_path=MAP_PATH):
+    """The true map in a ``size`` box and its voxel size (A).
+
+    Larger boxes zero-pad the map (voxel size kept, the paper's 116 px at 3.667 A);
+    smaller ones Fourier-downsample it (coarser voxels)."""
+    vol, voxel = imaging.read_volume(map_path)
+    n0 = vol.shape[0]
+    if size >= n0:
+        return imaging.crop_or_pad_volume(vol, size), voxel
+    return imaging.downsample_volume(vol, size), voxel * n0 / size
+
+
+def support_radius(vol, rel=1e-2):
+    """Radius (voxels) about the box centre enclosing the voxels above ``rel * max``."""
+    n = vol.shape[0]
+    z, y, x = np.nonzero(vol > rel * vol.max())
+    c = n // 2
+    return float(np.sqrt((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2).max())
+
+
+def run_setting(args, sigma2, true_map, pixel_size, log):
+    """One noise setting, all steps. Returns a dict of results."""
+    res, times = {}, {}
+    n_train, n_val, n_test = split_sizes(args.n_particles)
+    res["split"] = f"{n_train} / {n_val} / {n_test}"
+
+    t = time.perf_counter()
+    sim = imaging.simulate_particles(
+        true_map, args.n_particles, sigma2=sigma2 or None, seed=args.seed,
+        voxel_size=pixel_size, ctf=True if args.ctf_shifts else None,
+        max_shift=args.max_shift if args.ctf_shifts else 0.0, return_clean=False)
+    images, quats = sim["images"], sim["quaternions"]
+    net_images = (imaging.downsample(images, args.net_size)
+                  if args.net_size != images.shape[-1] else images)
+    times["simulate"] = time.perf_counter() - t
+    res["rss_simulate"] = peak_rss_mb()
+    fit = slice(0, n_train + n_val)
+    test = slice(n_train + n_val, args.n_particles)
+    log(f"  simulated {args.n_particles} particles in {times['simulate']:.1f} s")
+
+    # --- train on train + validation (validation_fraction = the paper's 838 / 3,350)
+    t = time.perf_counter()
+    deadline = t + 60.0 * args.train_minutes if args.train_minutes else None
+    val_losses = []
+
+    def on_epoch(epoch, n_epochs, logs):
+        val_losses.append(float(logs["val_loss"]))
+        log(f"  epoch {epoch}/{n_epochs}: {logs}")
+        if deadline is not None and time.perf_counter() > deadline:
+            raise _TimeUp()
+
+    model = distance.build_embedding_network(args.architecture, args.n_features,
+                                             args.width, seed=args.seed)
+    stopped_by_time = False
+    try:
+        model, history = distance.train_distance_model(
+            net_images[fit], quats[fit], architecture=args.architecture,
+            epochs=args.epochs, batch_size=args.batch_size,
+            validation_fraction=n_val / (n_train + n_val),
+            steps_per_epoch=args.steps_per_epoch, seed=args.seed, progress=on_epoch,
+            model=model)
+        res["l_de_val"] = history["best_val_loss"]
+        res["epochs"] = f"{len(history['loss'])} (best {history['best_epoch'] + 1})"
+    except _TimeUp:
+        stopped_by_time = True
+        res["l_de_val"] = min(val_losses)
+        res["epochs"] = f"{len(val_losses)} (time budget; last weights)"
+    times["train"] = time.perf_counter() - t
+    res["rss_train"] = peak_rss_mb()
+    if args.save_model:
+        path = os.path.join(args.save_model, f"5j0n_sigma2_{sigma2:g}_{args.net_size}px.keras")
+        distance.save_distance_model(model, path, dict(
+            image_size=args.net_size, pixel_size=pixel_size * args.size / args.net_size,
+            architecture=args.architecture, symmetry="C1", sigma2=sigma2,
+            source="benchmarks/paper.py"))
+        log(f"  saved the model to {path}")
+    res["stopped_by_time"] = stopped_by_time
+
+    # --- embed the test particles under every image-side transform
+    t = time.perf_counter()
+    transforms, _ = recovery.image_transforms()
+    test_net = net_images[test]
+    # One embed call for all transforms: each call traces its own tf.function.
+    stacked = np.concatenate([imaging.apply_image_transform(test_net, g) for g in transforms])
+    features = distance.embed(model, stacked).reshape(len(transforms), len(test_net), -1)
+    times["embed"] = time.perf_counter() - t
+
+    # --- recover orientations
+    t = time.perf_counter()
+    q_est, info = recovery.recover_from_features(features, transforms, seed=args.seed,
+                                                 n_steps=args.recovery_steps)
+    times["recover"] = time.perf_counter() - t
+    res["l_or"] = float(info["loss"])
+    res["rss_recover"] = peak_rss_mb()
+
+    # --- compare with the truth
+    t = time.perf_counter()
+    q_true = quats[test]
+    cmp = alignment.compare_orientations(q_true, q_est)
+    times["align"] = time.perf_counter() - t
+    for key in ("o4_median", "o4_mean", "rot_median", "rot_mean", "random_median"):
+        res[key] = cmp[key]
+    res["flipped"] = cmp["rot_flipped"]
+
+    # --- reconstruct the test particles at full size; FSC against the true map
+    t = time.perf_counter()
+    test_images = images[test]
+    shifts = sim["shifts"][test] if args.ctf_shifts else None
+    ctfs = None
+    if args.ctf_shifts:
+        p = sim["ctf"]
+        du, dv, ang = (np.asarray(p[k])[test] for k in ("defocus_u", "defocus_v", "astig_angle"))
+
+        def ctfs(idx, size):
+            return imaging.ctf_2d_batch(size, pixel_size, du[idx], dv[idx], ang[idx],
+                                        voltage=p["voltage"], cs=p["cs"],
+                                        amplitude_contrast=p["amplitude_contrast"],
+                                        phase_shift=p["phase_shift"])
+    mask_radius = min(true_map.shape[0] / 2 - 1, support_radius(true_map) + 2)
+    res["mask_radius"] = mask_radius
+    recon = dict(shifts=shifts, ctfs=ctfs, mask_radius=mask_radius)
+    vol = reconstruct.reconstruct_fourier(test_images, cmp["rot_aligned"], **recon)
+    freq, fsc_vals, _ = reconstruct.fsc_with_handedness(vol, true_map, pixel_size)
+    res["fsc05"] = reconstruct.resolution_at(freq, fsc_vals, 0.5)
+    res["fsc0143"] = reconstruct.resolution_at(freq, fsc_vals, 0.143)
+    times["reconstruct"] = time.perf_counter() - t
+    if not args.no_reference:
+        vol_true = reconstruct.reconstruct_fourier(test_images, q_true, **recon)
+        freq, fsc_vals = reconstruct.fsc(vol_true, true_map, pixel_size)
+        res["fsc05_true_orient"] = reconstruct.resolution_at(freq, fsc_vals, 0.5)
+    res["rss_reconstruct"] = peak_rss_mb()
+    times["total"] = sum(times.values())
+    res["times"] = times
+    return res
+
+
+def fmt(v, spec=".3f"):
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and not np.isfinite(v):
+        return "inf" if v > 0 else "nan"
+    return format(v, spec)
+
+
+def rad_deg(v):
+    return f"{v:.3f} ({np.degrees(v):.1f}°)"
+
+
+def build_table(results, paper):
+    """Markdown table: one row per metric; per setting our column and (if the paper has
+    that setting) the paper's."""
+    cols = []
+    for s2, res in results:
+        name = "noiseless" if not s2 else f"σ²={s2:g}"
+        cols.append((f"{name}: ours", res, None))
+        if paper and s2 in PAPER:
+            cols.append((f"{name}: paper", None, PAPER[s2]))
+
+    def row(label, ours, theirs=lambda p: None):
+        cells = [ours(r) if r is not None else fmt(theirs(p)) for _, r, p in cols]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines = ["| metric | " + " | ".join(c[0] for c in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    lines += [
+        row("particles train / val / test", lambda r: r["split"]),
+        row("E_OR median, O(4) aligned (rad)", lambda r: rad_deg(r["o4_median"]),
+            lambda p: p["median"]),
+        row("E_OR mean, O(4) aligned (rad)", lambda r: rad_deg(r["o4_mean"])),
+        row("E_OR median, rotation+handedness (rad)", lambda r: rad_deg(r["rot_median"])),
+        row("E_OR mean, rotation+handedness (rad)", lambda r: rad_deg(r["rot_mean"])),
+        row("E_OR median of random orientations (rad)", lambda r: fmt(r["random_median"])),
+        row("L_DE validation, best (rad²)", lambda r: fmt(r["l_de_val"], ".4f")),
+        row("training epochs", lambda r: r["epochs"]),
+        row("L_OR final (rad²)", lambda r: fmt(r["l_or"], ".4f")),
+        row("FSC0.5 vs true map (Å)", lambda r: fmt(r["fsc05"], ".1f"), lambda p: p["fsc05"]),
+        row("FSC0.143 vs true map (Å)", lambda r: fmt(r["fsc0143"], ".1f")),
+        row("FSC0.5, true orientations (Å)", lambda r: fmt(r.get("fsc05_true_orient"), ".1f")),
+        row("time simulate (s)", lambda r: fmt(r["times"]["simulate"], ".1f")),
+        row("time train (s)", lambda r: fmt(r["times"]["train"], ".1f")),
+        row("time embed (s)", lambda r: fmt(r["times"]["embed"], ".1f")),
+        row("time recover (s)", lambda r: fmt(r["times"]["recover"], ".1f")),
+        row("time align (s)", lambda r: fmt(r["times"]["align"], ".1f")),
+        row("time reconstruct + FSC (s)", lambda r: fmt(r["times"]["reconstruct"], ".1f")),
+        row("time total (s)", lambda r: fmt(r["times"]["total"], ".1f")),
+        row("peak RSS after training / recovery / all (MB)",
+            lambda r: f"{r['rss_train']:.0f} / {r['rss_recover']:.0f} / {r['rss_reconstruct']:.0f}"),
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-particles", type=int, default=5000)
+    ap.add_argument("--size", type=int, default=116, help="image box (px); the map is "
+                    "zero-padded to it (3.667 A/px) or downsampled if smaller")
+    ap.add_argument("--net-size", type=int, default=64,
+                    help="the network sees images Fourier-downsampled to this size")
+    ap.add_argument("--sigma2", type=float, nargs="+", default=[0.0, 16.0],
+                    help="noise variances relative to unit-variance clean images (0: noiseless)")
+    ap.add_argument("--ctf-shifts", action="store_true",
+                    help="also apply random CTFs and shifts (corrected in reconstruction)")
+    ap.add_argument("--max-shift", type=float, default=4.0, help="px, with --ctf-shifts")
+    ap.add_argument("--architecture", default="resnet", choices=distance.ARCHITECTURES)
+    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--n-features", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--steps-per-epoch", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--train-minutes", type=float, default=20.0,
+                    help="training time budget per setting (0: none)")
+    ap.add_argument("--recovery-steps", type=int, default=1000)
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip the reconstruction from the true orientations")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="also write the table to this markdown file")
+    ap.add_argument("--save-model", metavar="DIR",
+                    help="save each setting's trained model here (for peers.py --model)")
+    ap.add_argument("--map", default=MAP_PATH)
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny run (~200 particles, 32 px, 2 short epochs, tiny net)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.n_particles, args.size, args.net_size = 200, 32, 32
+        args.epochs, args.steps_per_epoch, args.batch_size = 2, 3, 32
+        args.width, args.n_features = 4, 16
+        args.recovery_steps, args.train_minutes = 100, 0
+        args.max_shift = min(args.max_shift, 1.0)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = datetime.datetime.now().astimezone()
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    true_map, pixel_size = volume_at_size(args.size, args.map)
+    log(f"map {args.map}: box {args.size}, {pixel_size:.3f} A/px; net on {args.net_size} px")
+    results = []
+    for s2 in args.sigma2:
+        log(f"setting sigma2={s2:g}")
+        results.append((s2, run_setting(args, s2, true_map, pixel_size, log)))
+
+    m = machine_description()
+    header = (f"## orientlearn paper benchmark: 5j0n, {args.n_particles} particles, "
+              f"{args.size} px at {pixel_size:.3f} Å/px (net on {args.net_size} px)"
+              + (", CTF + shifts" if args.ctf_shifts else "")
+              + (" [SMOKE RUN: numbers meaningless]" if args.smoke else ""))
+    table = build_table(results, paper=args.size == 116 and not args.ctf_shifts)
+    notes = [
+        "",
+        "- paper: Banjac et al. 2021, 5j0n, 116 px, median E_OR and FSC0.5 "
+        "(paper columns shown only at 116 px without CTF/shifts)",
+        f"- FSC: test particles only, reconstruct_fourier with the rotation+handedness-aligned "
+        f"orientations, soft mask radius {results[0][1]['mask_radius']:.1f} px, best handedness",
+        f"- settings: architecture {args.architecture}, width {args.width}, features "
+        f"{args.n_features}, batch {args.batch_size}, epochs <= {args.epochs}, steps/epoch "
+        f"{args.steps_per_epoch or 'auto'}, train budget {args.train_minutes:g} min/setting, "
+        f"recovery steps {args.recovery_steps}, seed {args.seed}",
+        f"- machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, "
+        f"TensorFlow {m['tensorflow']}, GPU: {m['gpu']}",
+        f"- date: {started.isoformat(timespec='seconds')}; git commit: {git_commit()}; "
+        f"peak RSS: {peak_rss_mb():.0f} MB",
+        f"- command: python benchmarks/paper.py {' '.join(sys.argv[1:] if argv is None else argv)}",
+    ]
+    text = "\n".join([header, "", table] + notes) + "\n"
+    print(text, end="")
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The paper benchmark script must keep running: ``benchmarks/paper.py --smoke`` end to end.
+
+(``benchmarks/peers.py`` is not run here: it creates a virtual environment and installs
+ASPIRE from PyPI.)
+"""
+import os
+import re
+import subprocess
+import sys
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SCRIPT = os.path.join(REPO, "benchmarks", "paper.py")
+
+EXPECTED_ROWS = [
+    "E_OR median, O(4) aligned (rad)",
+    "E_OR mean, O(4) aligned (rad)",
+    "E_OR median, rotation+handedness (rad)",
+    "E_OR mean, rotation+handedness (rad)",
+    "L_DE validation, best (rad²)",
+    "L_OR final (rad²)",
+    "FSC0.5 vs true map (Å)",
+    "FSC0.143 vs true map (Å)",
+    "time train (s)",
+    "time reconstruct + FSC (s)",
+    "peak RSS after training / recovery / all (MB)",
+]
+
+
+def test_paper_benchmark_smoke_prints_the_table(tmp_path):
+    out = tmp_path / "bench.md"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, SCRIPT, "--smoke", "--sigma2", "0", "4",
+                           "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = proc.stdout
+    assert "| metric | noiseless: ours | σ²=4: ours |" in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()
+            if line.startswith("| ")}
+    for label in EXPECTED_ROWS:
+        assert label in rows, f"missing row {label!r}"
+        cells = [c.strip() for c in rows[label].split("|")[2:-1]]
+        assert len(cells) == 2 and all(cells), rows[label]
+    # Errors are finite numbers in [0, pi] rad.
+    for label in EXPECTED_ROWS[:4]:
+        for cell in rows[label].split("|")[2:-1]:
+            value = float(cell.split()[0])
+            assert 0.0 <= value <= 3.1416, rows[label]
+    assert re.search(r"git commit: \S+", text)
+    assert "machine:" in text
+    assert out.read_text() == text

@@ -1,0 +1,178 @@
+"""Tests of orientation recovery from distances (orientlearn.core.recovery)."""
+import numpy as np
+import pytest
+
+from orientlearn.core import alignment, geometry as geo, recovery as rec
+
+N_PARTICLES = 600
+
+
+def quaternion_features(q, transforms):
+    """Features ``(K, N, 16)`` whose angles are a monotone function of d_q.
+
+    ``Q0 = q q^T - I/4`` (sign-free, unit norm after scaling): the angle ``a`` between the
+    features of ``q1`` and ``q2`` obeys ``cos a = (1 + 2 cos d_q) / 3`` — a plateauing
+    "learned" distance, exact after ``feature_angle_to_distance``.
+    """
+    out = []
+    for g in transforms:
+        gq = geo.multiply(g, q)
+        Q0 = np.einsum("na,nb->nab", gq, gq) - np.eye(4) / 4
+        out.append(Q0.reshape(len(q), 16) / np.sqrt(0.75))
+    return np.array(out)
+
+
+def feature_angle_to_distance(a):
+    return np.arccos(np.clip((3 * np.cos(a) - 1) / 2, -1, 1))
+
+
+def exact_graph(q, transforms, n_neighbors=16, n_random=4, seed=0):
+    graph = rec.build_graph(quaternion_features(q, transforms), n_neighbors, n_random, seed)
+    d = geo.distance(q[graph.i], geo.multiply(transforms[graph.k], q[graph.j]))
+    return graph, d
+
+
+def right_rotation_error(q_true, q_est):
+    """Errors after the best b in q_est ~ q_true b, and the same after a handedness flip."""
+    best = None
+    for flip in (False, True):
+        qt = alignment.handedness_flip(q_true) if flip else q_true
+        u = geo.multiply(geo.conjugate(qt), q_est)            # = b for every particle
+        b = np.linalg.eigh(u.T @ u)[1][:, -1]                 # sign-free average
+        err = geo.distance(geo.multiply(qt, b), q_est)
+        if best is None or np.median(err) < np.median(best):
+            best = err
+    return best
+
+
+@pytest.fixture(scope="module")
+def truth():
+    return geo.uniform_quaternions(N_PARTICLES, seed=3)
+
+
+def test_image_transforms_form_the_d4_group():
+    t, names = rec.image_transforms()
+    assert t.shape == (8, 4) and len(names) == 8
+    np.testing.assert_allclose(t[0], [1, 0, 0, 0])
+    assert np.allclose(np.abs(t[4] @ geo.MIRROR_QUATERNION), 1)
+    table = rec.transform_table(t)                            # raises if not closed
+    assert sorted(table[3]) == list(range(8))
+    with pytest.raises(ValueError):
+        rec.transform_table(rec.image_transforms(4)[0][[0, 1]])
+
+
+def test_build_graph_matches_brute_force():
+    rng = np.random.default_rng(0)
+    K, N, F, nn = 3, 70, 5, 6
+    feats = geo.normalize(rng.standard_normal((K, N, F)))
+    graph = rec.build_graph(feats, n_neighbors=nn, n_random=2, seed=1, chunk_size=16)
+    ang = np.arccos(np.clip(np.einsum("if,kjf->ikj", feats[0], feats), -1, 1))  # (N, K, N)
+    ang[np.arange(N), :, np.arange(N)] = np.inf                                  # no self
+    flat = ang.reshape(N, K * N)
+    nb = ~graph.is_random
+    for i in range(N):
+        sel = nb & (graph.i == i)
+        expected = set(np.argsort(flat[i])[:nn])
+        assert set(graph.k[sel] * N + graph.j[sel]) == expected
+    np.testing.assert_allclose(graph.d_hat, ang[graph.i, graph.k, graph.j], atol=1e-5)
+    assert np.all(graph.i != graph.j)
+    assert graph.is_random.sum() == 2 * N
+
+
+def test_gradient_matches_finite_differences():
+    rng = np.random.default_rng(1)
+    N, E = 12, 50
+    q = geo.normalize(rng.standard_normal((N, 4)))
+    t, _ = rec.image_transforms()
+    i, k = rng.integers(0, N, E), rng.integers(0, 8, E)
+    j = (i + 1 + rng.integers(0, N - 1, E)) % N         # no self edges: d = 0 is a cone
+    d_hat, w = rng.uniform(0, 3, E), rng.uniform(0.5, 1, E)
+    for loss in ("l2", "huber", "cauchy"):
+        _, grad, _ = rec.orientation_loss(q, i, j, k, t, d_hat, w, loss, with_gradient=True)
+        grad -= np.sum(grad * q, axis=1, keepdims=True) * q
+        num = np.zeros_like(q)
+        for a in range(N):
+            for b in range(4):
+                dq = np.zeros_like(q)
+                dq[a, b] = 1e-6
+                num[a, b] = (rec.orientation_loss(geo.normalize(q + dq), i, j, k, t, d_hat, w, loss)
+                             - rec.orientation_loss(geo.normalize(q - dq), i, j, k, t, d_hat, w, loss)) / 2e-6
+        np.testing.assert_allclose(grad, num, atol=1e-6)
+
+
+def test_exact_identity_edges_recover_up_to_o4(truth):
+    identity = rec.image_transforms(1, mirror=False)[0]
+    # Identity edges alone need many far pairs to avoid folded minima (the paper used
+    # the full distance matrix).
+    graph, d = exact_graph(truth, identity, n_random=48)
+    q, info = rec.recover_orientations(graph.i, graph.j, d_hat=d, n_particles=len(truth),
+                                       n_steps=600)
+    _, q_al = alignment.align_o4(truth, q)
+    assert np.median(alignment.orientation_errors(truth, q_al)) < 0.01
+    assert info["loss"] < 1e-6
+    assert info["residual"].shape == (len(truth),)
+
+
+def test_noisy_distances_median_error(truth):
+    identity = rec.image_transforms(1, mirror=False)[0]
+    graph, d = exact_graph(truth, identity, n_neighbors=24, n_random=48)
+    noisy = np.clip(d + 0.2 * np.random.default_rng(7).standard_normal(len(d)), 0, np.pi)
+    q, _ = rec.recover_orientations(graph.i, graph.j, d_hat=noisy, n_particles=len(truth),
+                                    n_steps=600)
+    _, q_al = alignment.align_o4(truth, q)
+    assert np.median(alignment.orientation_errors(truth, q_al)) < 0.12   # paper Fig. 5: ~0.1
+
+
+def test_transform_edges_need_no_ground_truth(truth):
+    """With transformed edges only a global object rotation (+ handedness) remains."""
+    t, _ = rec.image_transforms()
+    feats = quaternion_features(truth, t)
+    q, info = rec.recover_from_features(feats, t, n_neighbors=16, n_random=4,
+                                        distance_map=feature_angle_to_distance,
+                                        weighting="uniform", n_steps=600)
+    # Our own check: solve b in q_est ~ q_true b (and after a handedness flip).
+    assert np.median(right_rotation_error(truth, q)) < 0.02
+    info_al, q_al = alignment.align_rotation_handedness(truth, q)
+    assert np.median(alignment.orientation_errors(truth, q_al)) < 0.02
+    # Edges with g != 1 rule out the detector-side rotation: without them the same check fails.
+    assert info["ambiguity"]["loss"] < info["ambiguity"]["loss_identity"]
+
+
+def test_identity_edges_alone_leave_the_harmful_ambiguity(truth):
+    """Control for the previous test: O(4) fits, the rotation-only alignment does not."""
+    identity = rec.image_transforms(1, mirror=False)[0]
+    graph, d = exact_graph(truth, identity)
+    a = geo.normalize(np.array([0.9, 0.3, -0.2, 0.25]))       # detector-side factor
+    q_bad = geo.multiply(a, geo.conjugate(truth))
+    assert np.allclose(geo.distance(q_bad[graph.i], q_bad[graph.j]), d, atol=1e-9)
+    assert np.median(right_rotation_error(truth, q_bad)) > 0.3
+
+
+def test_resolve_ambiguity_removes_detector_rotation_and_conjugation(truth):
+    t, _ = rec.image_transforms()
+    graph, d = exact_graph(truth, t)
+    a = geo.normalize(np.array([0.2, -0.7, 0.4, 0.5]))
+    b = geo.normalize(np.array([0.5, 0.1, 0.8, -0.3]))
+    q_o4 = geo.multiply(geo.multiply(a, geo.conjugate(truth)), b)
+    q_fixed, info = rec.resolve_ambiguity(q_o4, graph.i, graph.j, graph.k, t, d, seed=0)
+    assert info["conjugated"]
+    assert np.median(right_rotation_error(truth, q_fixed)) < 0.05
+
+
+def test_same_seed_same_result(truth):
+    t, _ = rec.image_transforms()
+    graph, d = exact_graph(truth[:300], t, n_neighbors=8, n_random=2)
+    noisy = np.clip(d + 0.1 * np.random.default_rng(0).standard_normal(len(d)), 0, np.pi)
+    runs = [rec.recover_orientations(graph.i, graph.j, d_hat=noisy, n_particles=300, k=graph.k,
+                                     transforms=t, n_steps=30, init="random", restarts=2,
+                                     restart_steps=10, seed=s)[0] for s in (5, 5, 6)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.allclose(runs[0], runs[2])
+
+
+def test_edge_weights_trust_small_distances():
+    d = np.linspace(0, np.pi, 50)
+    for scheme in ("gaussian", "inverse"):
+        w = rec.edge_weights(d, scheme)
+        assert np.all(np.diff(w) <= 0) and w[0] == pytest.approx(1) and w[-1] > 0
+    assert np.all(rec.edge_weights(d, "uniform") == 1)
