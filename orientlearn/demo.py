@@ -88,6 +88,7 @@ def run_workflow(args):
 
     name = args.name or time.strftime("orientlearn-demo-%Y%m%d-%H%M%S")
     manager = Manager()
+    os.makedirs(manager.PROJECTS, exist_ok=True)   # a --location project is linked here
     project = manager.createProject(name, location=args.location)
     project.loadProtocols(json_path)
     os.remove(json_path)
