@@ -108,7 +108,7 @@ def _ctf_on_grid(ctfs, start, stop, n_image, size, ky, kx):
 
 def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1",
                         oversampling=2, wiener_constant=0.1, mask_radius=None,
-                        mask_width=3.0, batch_size=32, n_threads=None, fft_workers=None,
+                        mask_width=3.0, batch_size=8, n_threads=None, fft_workers=None,
                         progress=None):
     """Direct Fourier inversion of images with known orientations (CPU).
 
@@ -144,8 +144,8 @@ def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1"
         wiener_constant: regulariser added to the weight sum (units: one image sample).
         mask_radius: radius in pixels of a soft spherical mask applied at the end, or None.
         mask_width: width in pixels of the mask's raised-cosine edge.
-        batch_size: images transformed and inserted together (memory ~ 40 MB per image
-            at N = 116).
+        batch_size: images transformed and inserted together (memory ~ 5 MB per image
+            at N = 116; small batches keep the work arrays in cache).
         n_threads: threads inserting batches, each holding its own Fourier grid
             (``L^3 / 2 * 12`` bytes, 75 MB at N = 116); None: ``OMP_NUM_THREADS`` or
             the usable cores, at most 4. The result does not depend on it (up to
@@ -194,8 +194,10 @@ def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1"
                                for dy in (0, 1) for dx in (0, 1)], dtype=np.int32)
     kxf, kyf = kx.astype(np.float32), ky.astype(np.float32)
 
-    def insert(start, stop, accum):
-        """Insert images ``start:stop`` into ``accum (voxels, 3)``: Re(num), Im(num), den."""
+    def insert(start, stop, accum, scratch):
+        """Insert images ``start:stop`` into ``accum (voxels, 3)``: Re(num), Im(num), den.
+
+        ``scratch``: the calling thread's dict of reusable work buffers (``_scratch``)."""
         spectra = scipy.fft.rfft2(images[start:stop].astype(np.float32), s=(size, size),
                                   workers=fft_workers)
         values = spectra.reshape(stop - start, -1)[:, flat_keep] * base_phase
@@ -212,14 +214,15 @@ def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1"
         values = values * column_weight
         for s in sym:
             rows = (rotations[start:stop] @ s).astype(np.float32)     # (B, 3, 3): R S
-            # k3 = (R S)^T (kx, ky, 0) = kx * row0 + ky * row1, components (x, y, z).
-            k3 = (kxf[None, :, None] * rows[:, None, 0, :]
-                  + kyf[None, :, None] * rows[:, None, 1, :])      # (B, P, 3)
+            # k3 = (R S)^T (kx, ky, 0) = kx * row0 + ky * row1, one contiguous (B, P)
+            # array per component x, y, z (long inner loops: ~10x faster than (B, P, 3)).
+            k3 = [kxf * rows[:, 0, c, None] + kyf * rows[:, 1, c, None] for c in range(3)]
             # Friedel: store -k with conj(value) where kx < 0, so the grid keeps kx >= 0.
-            sign = np.where(k3[..., 0] < 0, np.float32(-1), np.float32(1))
-            k3 *= sign[..., None]
+            sign = np.where(k3[0] < 0, np.float32(-1), np.float32(1))
+            for component in k3:
+                component *= sign
             _splat(accum, k3, values.real, values.imag * sign, weight,
-                   half, nx, ny, corner_offsets, n_voxels)
+                   half, nx, ny, corner_offsets, n_voxels, scratch)
 
     # Batches are spread over threads, each with its own grid (numpy and the sparse
     # kernel release the GIL); the grids are summed at the end.
@@ -234,8 +237,9 @@ def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1"
     done = [0]
 
     def worker(k):
+        scratch = {}
         for start, stop in batches[k::n_threads]:
-            insert(start, stop, accums[k])
+            insert(start, stop, accums[k], scratch)
             if progress is not None:
                 with lock:
                     done[0] += stop - start
@@ -270,36 +274,67 @@ def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1"
     return vol.astype(np.float32)
 
 
-def _splat(accum, k3, re, im, weight, half, nx, ny, corner_offsets, n_voxels):
-    """Add trilinear contributions of points ``k3 (B, P, 3)`` (x, y, z; x >= 0) to ``accum``.
+def _scratch(scratch, name, shape, dtype):
+    """A work array ``shape`` of ``dtype`` from the reusable buffers in dict ``scratch``.
 
-    ``accum (voxels, 3)`` float32, ``re, im, weight`` ``(B, P)``. A sparse (voxels x
+    Reusing the per-batch work arrays of a thread instead of allocating them anew saves
+    the page faults of fresh memory (as much system time as the arithmetic itself).
+    ``scratch=None`` allocates."""
+    size = int(np.prod(shape))
+    if scratch is None:
+        return np.empty(shape, dtype=dtype)
+    buf = scratch.get(name)
+    if buf is None or buf.size < size or buf.dtype != dtype:
+        buf = scratch[name] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
+
+
+def _splat(accum, k3, re, im, weight, half, nx, ny, corner_offsets, n_voxels, scratch=None):
+    """Add trilinear contributions of points ``k3`` to ``accum``.
+
+    ``k3``: the coordinates x, y, z (x >= 0) of the points as three ``(B, P)`` float32
+    arrays (modified in place); ``accum (voxels, 3)`` float32, ``re, im, weight``
+    ``(B, P)``; ``scratch``: dict of reusable work buffers or None. A sparse (voxels x
     points) matrix with 8 entries per point multiplies the ``(points, 3)`` values: one
     pass over the indices for all three quantities, added straight into ``accum``.
+    Every array is computed with long contiguous inner loops (one corner at a time).
     """
-    k3 = k3.reshape(-1, 3)
-    k3[:, 1:] += half                                  # y, z grid index = frequency + half
-    lower = np.floor(k3)
-    frac = k3 - lower
-    lower = lower.astype(np.int32)
-    base = (lower[:, 2] * ny + lower[:, 1]) * nx + lower[:, 0]
-    n_points = len(base)
-    # Corner weights in the order of corner_offsets (z, then y, then x).
-    wz = np.stack([1 - frac[:, 2], frac[:, 2]], axis=1)
-    wy = np.stack([1 - frac[:, 1], frac[:, 1]], axis=1)
-    wx = np.stack([1 - frac[:, 0], frac[:, 0]], axis=1)
-    corner_weights = ((wz[:, :, None] * wy[:, None, :]).reshape(n_points, 4, 1)
-                      * wx[:, None, :]).reshape(-1)
-    indices = (base[:, None] + corner_offsets[None, :]).reshape(-1)
+    x, y, z = (np.ravel(c) for c in k3)
+    n_points = x.size
+    y += np.float32(half)                              # y, z grid index = frequency + half
+    z += np.float32(half)
+    lower, upper_weight = [], []
+    for c in (z, y, x):
+        floor = np.floor(c)
+        upper_weight.append(c - floor)                 # weight of the upper corner
+        lower.append(floor.astype(np.int32))
+    base = lower[0]
+    base *= ny
+    base += lower[1]
+    base *= nx
+    base += lower[2]
+    # Corner weights and indices, point-major (the matrix's column layout), corners in
+    # the order of corner_offsets (z, then y, then x).
+    wz, wy, wx = [(1 - f, f) for f in upper_weight]
+    corner_weights = _scratch(scratch, "weights", (n_points, 8), np.float32)
+    indices = _scratch(scratch, "indices", (n_points, 8), np.int32)
+    for dz in (0, 1):
+        for dy in (0, 1):
+            zy = wz[dz] * wy[dy]
+            for dx in (0, 1):
+                corner = 4 * dz + 2 * dy + dx
+                np.multiply(zy, wx[dx], out=corner_weights[:, corner])
+                np.add(base, corner_offsets[corner], out=indices[:, corner])
     indptr = np.arange(0, 8 * n_points + 1, 8, dtype=np.int32)
-    data = np.empty((n_points, 3), dtype=accum.dtype)
+    data = _scratch(scratch, "data", (n_points, 3), accum.dtype)
     data[:, 0], data[:, 1], data[:, 2] = np.ravel(re), np.ravel(im), np.ravel(weight)
     if _csc_matvecs is not None:
-        _csc_matvecs(n_voxels, n_points, 3, indptr, indices, corner_weights,
-                     data.ravel(), accum.reshape(-1))      # accum += matrix @ data
+        _csc_matvecs(n_voxels, n_points, 3, indptr, indices.reshape(-1),
+                     corner_weights.reshape(-1), data.reshape(-1),
+                     accum.reshape(-1))                    # accum += matrix @ data
     else:
-        matrix = scipy.sparse.csc_matrix((corner_weights, indices, indptr),
-                                         shape=(n_voxels, n_points))
+        matrix = scipy.sparse.csc_matrix((corner_weights.reshape(-1), indices.reshape(-1),
+                                          indptr), shape=(n_voxels, n_points))
         accum += matrix @ data
 
 
