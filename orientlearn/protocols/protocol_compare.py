@@ -15,6 +15,7 @@ from .protocol_base import OrientLearnProtBase
 
 RESULT_FILE = "comparison.json"
 ERRORS_FILE = "errors.npz"
+MAP_FSC_FILE = "map_fsc.npz"
 ERROR_ATTR = "_orientlearn_error"          # radians, after rotation + handedness
 ERROR_O4_ATTR = "_orientlearn_errorO4"     # radians, after O(4)
 
@@ -48,6 +49,20 @@ class OrientLearnProtCompare(OrientLearnProtBase):
                       label="Symmetry group",
                       help="Errors are the minimum over the group's symmetry mates. "
                            + geometry.SYMMETRY_HELP)
+        form.addSection(label="Maps (optional)")
+        form.addParam("inputVolume", params.PointerParam, pointerClass="Volume",
+                      allowsNull=True, label="Map to evaluate",
+                      help="Optional: a map reconstructed from the evaluated particles, "
+                           "e.g. by 'reconstruct' from this protocol's output (which is "
+                           "expressed in the reference's frame). Its FSC against the "
+                           "reference map is reported. The handedness is chosen "
+                           "automatically; no global rotation is searched, so the two maps "
+                           "must share a frame.")
+        form.addParam("referenceVolume", params.PointerParam, pointerClass="Volume",
+                      allowsNull=True, label="Reference map",
+                      help="Optional: the reference map (e.g. the map the particles were "
+                           "simulated from). It is resampled to the pixel size and box of "
+                           "the map to evaluate.")
 
     def _insertAllSteps(self):
         self._insertFunctionStep(self.compareStep, needsGPU=False)
@@ -68,6 +83,8 @@ class OrientLearnProtCompare(OrientLearnProtBase):
                    if np.isscalar(v) and not isinstance(v, str)}
         scalars["rot_flipped"] = bool(res["rot_flipped"])
         scalars["n_particles"] = int(len(ids))
+        if self._hasMaps():
+            scalars.update(self._compareMaps())
         with open(self._getExtraPath(RESULT_FILE), "w") as f:
             json.dump(scalars, f, indent=1)
         np.savez(self._getExtraPath(ERRORS_FILE), ids=ids, o4_errors=res["o4_errors"],
@@ -76,6 +93,29 @@ class OrientLearnProtCompare(OrientLearnProtBase):
                  rot_in_plane=res["rot_in_plane"])
         for line in self.getTable():
             self.info(line)
+
+    def _hasMaps(self):
+        return self.inputVolume.get() is not None and self.referenceVolume.get() is not None
+
+    def _compareMaps(self):
+        """FSC of the evaluated map against the reference (best handedness)."""
+        from ..core import imaging, reconstruct
+        vol_obj = self.inputVolume.get()
+        px = vol_obj.getSamplingRate()
+        vol, _ = imaging.read_volume(convert.clean_path(vol_obj.getFileName()))
+        ref = convert.read_volume_on_grid(self.referenceVolume.get(), vol.shape[0], px)
+        self._checkFinite(vol, "Map to evaluate")
+        self._checkFinite(ref, "Reference map")
+        freq, values, flipped = reconstruct.fsc_with_handedness(vol, ref, px)
+        np.savez(self._getExtraPath(MAP_FSC_FILE), freq=freq, fsc=values, pixel_size=px,
+                 flipped=flipped)
+        res = dict(map_fsc05=float(reconstruct.resolution_at(freq, values, 0.5)),
+                   map_fsc0143=float(reconstruct.resolution_at(freq, values, 0.143)),
+                   map_flipped=bool(flipped))
+        self.info(f"Map FSC vs reference: {res['map_fsc05']:.2f} A at 0.5, "
+                  f"{res['map_fsc0143']:.2f} A at 0.143"
+                  + (" (mirrored map)" if flipped else ""))
+        return res
 
     def createOutputStep(self):
         data = self._loadArrays(ERRORS_FILE)
@@ -123,6 +163,10 @@ class OrientLearnProtCompare(OrientLearnProtBase):
         lines.append(f"unrelated orientations would give mean {r['random_mean']:.3f} rad, "
                      f"median {r['random_median']:.3f} rad"
                      + ("; handedness flipped" if r.get("rot_flipped") else ""))
+        if "map_fsc05" in r:
+            lines.append(f"map FSC vs reference: {r['map_fsc05']:.2f} A at 0.5, "
+                         f"{r['map_fsc0143']:.2f} A at 0.143"
+                         + (" (mirrored map matched)" if r.get("map_flipped") else ""))
         return lines
 
     # -------------------------- INFO ---------------------------------------------
@@ -142,6 +186,17 @@ class OrientLearnProtCompare(OrientLearnProtBase):
             geometry.symmetry_group(self.symmetryGroup.get())
         except ValueError as e:
             errors.append(str(e))
+        maps = [self.inputVolume.get(), self.referenceVolume.get()]
+        if (maps[0] is None) != (maps[1] is None):
+            errors.append("Give both maps (to evaluate and reference) for a map FSC, "
+                          "or neither.")
+        for label, vol in zip(("Map to evaluate", "Reference map"), maps):
+            if vol is not None:
+                fn = convert.clean_path(vol.getFileName())
+                if not os.path.exists(fn):
+                    errors.append(f"{label}: file {fn} is missing.")
+                elif not vol.getSamplingRate():
+                    errors.append(f"{label}: no sampling rate set.")
         return errors
 
     def _summary(self):

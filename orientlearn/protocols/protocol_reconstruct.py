@@ -131,13 +131,7 @@ class OrientLearnProtReconstruct(OrientLearnProtBase):
         ref_obj = self.referenceVolume.get()
         if ref_obj is None:
             return None
-        from ..core import imaging
-        ref, _ = imaging.read_volume(convert.clean_path(ref_obj.getFileName()))
-        # Resample to the particles' pixel size, then crop/pad to their box.
-        new = int(round(ref.shape[0] * ref_obj.getSamplingRate() / px))
-        if new != ref.shape[0]:
-            ref = imaging.downsample_volume(ref, new)
-        return imaging.crop_or_pad_volume(ref, size)
+        return convert.read_volume_on_grid(ref_obj, size, px)
 
     def createOutputStep(self):
         parts = self.inputParticles.get()

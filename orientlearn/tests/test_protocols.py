@@ -109,6 +109,24 @@ class TestOrientLearnWorkflow(BaseTest):
         self.assertEqual(recon.outputFSCs.getSize(), 2)
         self.assertIn("fsc_ref", recon.getResolutions())
 
+        # The compare protocol's optional map FSC: the map against the true map.
+        cmp_maps = self.newProtocol(OrientLearnProtCompare, inputParticles=out,
+                                    referenceParticles=sim.outputParticles,
+                                    inputVolume=vol, referenceVolume=self.volume)
+        self.launchProtocol(cmp_maps)
+        r = cmp_maps.getResults()
+        nyquist = 2 * vol.getSamplingRate()
+        self.assertGreaterEqual(r["map_fsc05"], nyquist - 1e-6)
+        self.assertGreaterEqual(r["map_fsc0143"] + 1e-6, nyquist)
+        self.assertLessEqual(r["map_fsc0143"], r["map_fsc05"] + 1e-6)
+        self.assertTrue(any("map FSC" in line for line in cmp_maps._summary()))
+        from orientlearn.viewers.figures import protocol_figures
+        self.assertIn("map_fsc", protocol_figures(cmp_maps))
+        # One map without the other is refused.
+        half = self.newProtocol(OrientLearnProtCompare, inputParticles=out,
+                                referenceParticles=sim.outputParticles, inputVolume=vol)
+        self.assertTrue(any("both maps" in e for e in half._validate()))
+
     def test_reconstruct_true_orientations_beats_random(self):
         sim = self._simulate(300, size=32, noiseMode=0, seed=2)
         good = self.newProtocol(OrientLearnProtReconstruct, inputParticles=sim.outputParticles,

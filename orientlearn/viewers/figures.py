@@ -72,15 +72,20 @@ def _reconstruct_figures(prot):
 
 
 def _compare_figures(prot):
-    from ..protocols.protocol_compare import ERRORS_FILE
+    from ..protocols.protocol_compare import ERRORS_FILE, MAP_FSC_FILE
     with np.load(_extra(prot, ERRORS_FILE)) as d:
         errors = {"O(4) aligned (paper's E_OR)": d["o4_errors"],
                   "rotation + handedness aligned": d["rot_errors"]}
         components = {"viewing direction": d["rot_viewing_direction"],
                       "in-plane": d["rot_in_plane"]}
-    return {"error_histograms": plots.plot_error_histograms(errors),
+    figs = {"error_histograms": plots.plot_error_histograms(errors),
             "error_components": plots.plot_error_histograms(
                 components, title="Error components (rotation + handedness)")}
+    if os.path.exists(_extra(prot, MAP_FSC_FILE)):
+        with np.load(_extra(prot, MAP_FSC_FILE)) as d:
+            figs["map_fsc"] = plots.plot_fsc([("map vs reference", d["freq"], d["fsc"])],
+                                             pixel_size=float(d["pixel_size"]))
+    return figs
 
 
 def protocol_figures(prot):
