@@ -89,7 +89,13 @@ def run_workflow(args):
     name = args.name or time.strftime("orientlearn-demo-%Y%m%d-%H%M%S")
     manager = Manager()
     os.makedirs(manager.PROJECTS, exist_ok=True)   # a --location project is linked here
-    project = manager.createProject(name, location=args.location)
+    location = None
+    if args.location:
+        location = os.path.abspath(args.location)
+        os.makedirs(location, exist_ok=True)
+    if args.figures:
+        args.figures = os.path.abspath(args.figures)   # the run changes directory
+    project = manager.createProject(name, location=location)
     project.loadProtocols(json_path)
     os.remove(json_path)
     os.chdir(project.getPath())   # pyworkflow resolves the project's files from here
