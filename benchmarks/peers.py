@@ -1,12 +1,16 @@
 """Peer benchmark: ASPIRE's common-lines orientation estimation on our simulated images.
 
-ASPIRE (PyPI ``aspire``) needs numpy 2 while orientlearn pins numpy 1.26, so it runs in
-its own virtual environment, made by this script on first use (``python3 -m venv`` +
-``pip install aspire``; default ``~/.cache/orientlearn/aspire-venv``, reused when
-present). Per noise level: simulate projections of 5j0n with ``imaging.simulate_particles``
-(same orientations for every level, clean images scaled to unit variance, so ``sigma2``
-is 1 / SNR), save them as ``.npy``, run ``CLSyncVoting(n_theta=360)`` on an
-``ArrayImageSource`` in the ASPIRE venv, bring back the rotations ``(N, 3, 3)`` and
+ASPIRE (PyPI ``aspire``) runs in a subprocess, by the runner and conversion code shared
+with the 'common lines (ASPIRE)' protocol (``orientlearn/core/peer_aspire.py``), in its own
+virtual environment, made by this script on first use (``python -m venv`` + ``pip install
+"aspire>=0.14.3,<0.15"``, which there brings numpy 2; default
+``~/.cache/orientlearn/aspire-venv``, the protocol's default too, reused when present), or
+in the interpreter given by ``--python`` (default: ``$ORIENTLEARN_ASPIRE_PYTHON`` when
+set; ASPIRE 0.14.3 also runs with the plugin's numpy 1.26.1). Per noise level: simulate
+projections of 5j0n with ``imaging.simulate_particles`` (same orientations for every
+level, clean images scaled to unit variance, so ``sigma2`` is 1 / SNR), save them as
+``.npy``, run ``CLSyncVoting(n_theta=360)`` on an ``ArrayImageSource`` in the ASPIRE
+environment (cwd in the work folder, where ASPIRE writes its ``logs/``), bring back the rotations ``(N, 3, 3)`` and
 evaluate them with ``alignment.compare_orientations`` (O(4) and rotation + handedness).
 
 Conventions. ASPIRE's rotation matrices and image axes need not be ours. Any fixed
@@ -16,8 +20,9 @@ of the object frame keeps the O(4) error unchanged, but the rotation + handednes
 only forgives the object-side part. So the conversion is ``q = L c(q_aspire)`` with
 ``c`` the identity or the conjugation and ``L`` one of the 8 exact image-side transforms
 (``recovery.image_transforms()``), chosen ONCE: on the noiseless run (when it is part of
-the run) as the candidate with the smallest rotation + handedness error, otherwise the
-default below (found that way with ASPIRE 0.14.3). The chosen convention is printed.
+the run) as the candidate with the smallest rotation + handedness error, otherwise
+``peer_aspire.DEFAULT_CONVENTION`` (found that way with ASPIRE 0.14.3; the protocol uses
+it). The chosen convention is printed.
 
 With ``--model`` (a ``.keras`` file from ``distance.save_distance_model``, e.g. from
 ``benchmarks/paper.py --save-model``) our method runs on the same images too.
@@ -30,11 +35,9 @@ Usage::
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,117 +52,10 @@ for p in (REPO, HERE):
 import numpy as np  # noqa: E402
 
 from orientlearn.core import alignment, geometry, imaging, recovery  # noqa: E402
+from orientlearn.core.peer_aspire import (  # noqa: E402
+    ASPIRE_PYTHON_VAR, DEFAULT_CONVENTION, DEFAULT_VENV, AspireUnavailable, choose_convention,
+    convention_name, convert, ensure_aspire_venv, has_aspire, run_aspire)
 from paper import MAP_PATH, git_commit, volume_at_size  # noqa: E402
-
-DEFAULT_VENV = os.path.join(os.path.expanduser("~"), ".cache", "orientlearn", "aspire-venv")
-#: Default conversion (index into recovery.image_transforms(), conjugate?) of ASPIRE
-#: rotations to ours, used when the run has no noiseless setting to determine it.
-DEFAULT_CONVENTION = (0, True)
-
-#: Runs inside the ASPIRE venv: images .npy -> rotations .npy + a JSON of timings.
-ASPIRE_RUNNER = r'''
-import json, resource, sys, time
-t0 = time.perf_counter()
-import numpy as np
-import aspire
-from aspire.source import ArrayImageSource
-from aspire.abinitio import CLSyncVoting
-images_path, out_path, info_path, pixel_size, n_theta = sys.argv[1:6]
-images = np.load(images_path)
-t1 = time.perf_counter()
-src = ArrayImageSource(images, pixel_size=float(pixel_size))
-est = CLSyncVoting(src, n_theta=int(n_theta))
-ret = est.estimate_rotations()
-rotations = est.rotations if est.rotations is not None else np.asarray(ret)
-t2 = time.perf_counter()
-np.save(out_path, np.asarray(rotations, dtype=np.float64))
-json.dump(dict(aspire_version=aspire.__version__, numpy_version=np.__version__,
-               estimate_seconds=t2 - t1, import_seconds=t1 - t0,
-               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0),
-          open(info_path, "w"))
-'''
-
-
-class AspireUnavailable(RuntimeError):
-    pass
-
-
-def ensure_aspire_venv(venv, log, timeout=1800):
-    """Python of a venv with ASPIRE importable; creates it if needed. Raises
-    ``AspireUnavailable`` with the reason (no network, pip failure...)."""
-    python = os.path.join(venv, "bin", "python")
-
-    def importable():
-        if not os.path.exists(python):
-            return False
-        r = subprocess.run([python, "-c", "import aspire"], capture_output=True, text=True)
-        return r.returncode == 0
-
-    if importable():
-        return python
-    log(f"creating the ASPIRE venv at {venv} (python3 -m venv + pip install aspire)...")
-    t = time.perf_counter()
-    base = getattr(sys, "_base_executable", None) or "python3"
-    steps = [[base, "-m", "venv", venv],
-             [python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
-             [python, "-m", "pip", "install", "--quiet", "aspire"]]
-    for cmd in steps:
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise AspireUnavailable(f"{' '.join(cmd)} failed: {err}") from err
-        if r.returncode != 0:
-            tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
-            raise AspireUnavailable(f"{' '.join(cmd)} exited {r.returncode}:\n{tail}")
-    if not importable():
-        raise AspireUnavailable(f"aspire installed in {venv} but does not import")
-    log(f"ASPIRE venv ready in {time.perf_counter() - t:.0f} s")
-    return python
-
-
-def run_aspire(python, images, pixel_size, n_theta, workdir, tag):
-    """CLSyncVoting on ``images (N, S, S)`` in the ASPIRE venv -> ``(rotations (N, 3, 3),
-    info dict)``; ``info['wall_seconds']`` includes the interpreter start and imports."""
-    runner = os.path.join(workdir, "aspire_runner.py")
-    with open(runner, "w") as fh:
-        fh.write(ASPIRE_RUNNER)
-    paths = [os.path.join(workdir, f"{tag}_{name}") for name in
-             ("images.npy", "rotations.npy", "info.json")]
-    np.save(paths[0], np.ascontiguousarray(images, dtype=np.float32))
-    t = time.perf_counter()
-    r = subprocess.run([python, runner, *paths, repr(float(pixel_size)), str(n_theta)],
-                       capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if r.returncode != 0:
-        raise RuntimeError(f"ASPIRE run failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    with open(paths[2]) as fh:
-        info = json.load(fh)
-    info["wall_seconds"] = wall
-    return np.load(paths[1]), info
-
-
-def convention_candidates():
-    """[(description, L index, conjugate)] for ``q = L c(q_aspire)``."""
-    transforms, names = recovery.image_transforms()
-    return [(f"{'conj, ' if conj else ''}{names[k]}", k, conj)
-            for k in range(len(transforms)) for conj in (False, True)]
-
-
-def convert(q_aspire, k, conj):
-    transforms, _ = recovery.image_transforms()
-    q = geometry.conjugate(q_aspire) if conj else q_aspire
-    return geometry.normalize(geometry.multiply(transforms[k], q))
-
-
-def choose_convention(q_true, q_aspire):
-    """The candidate conversion with the smallest rotation + handedness mean error."""
-    best = None
-    for desc, k, conj in convention_candidates():
-        info, _ = alignment.align_rotation_handedness(q_true, convert(q_aspire, k, conj))
-        # ties (rot0 vs rot180: the same up to handedness) keep the earlier candidate
-        if best is None or info["mean_error"] < best[0] - 1e-9:
-            best = (info["mean_error"], desc, k, conj)
-    return best
 
 
 def run_ours(model_path, images, log):
@@ -188,7 +84,11 @@ def parse_args(argv=None):
                     help="noise variances relative to unit-variance clean images (0: noiseless)")
     ap.add_argument("--n-theta", type=int, default=360)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--venv", default=DEFAULT_VENV)
+    ap.add_argument("--venv", default=DEFAULT_VENV,
+                    help="the ASPIRE venv, created when missing (default %(default)s)")
+    ap.add_argument("--python", default=os.environ.get(ASPIRE_PYTHON_VAR) or None,
+                    help="python of an existing env with ASPIRE, instead of --venv "
+                         f"(default: ${ASPIRE_PYTHON_VAR} when set)")
     ap.add_argument("--model", help="a .keras distance model: also run our method")
     ap.add_argument("--workdir", help="keep the .npy files here (default: a temp dir)")
     ap.add_argument("--map", default=MAP_PATH)
@@ -205,12 +105,20 @@ def main(argv=None):
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     started = datetime.datetime.now().astimezone()
     try:
-        python = ensure_aspire_venv(args.venv, log)
+        if args.python:
+            ok, why = has_aspire(args.python)
+            if not ok:
+                raise AspireUnavailable(why)
+            python = args.python
+        else:
+            python = ensure_aspire_venv(args.venv, log)
     except AspireUnavailable as err:
+        hint = (f"--python / ${ASPIRE_PYTHON_VAR} must name the python of an env with "
+                "aspire; or leave it out to use --venv" if args.python else
+                f"needs network access to PyPI to create {args.venv}; or create it with: "
+                f"python -m orientlearn.core.peer_aspire create --venv {args.venv}")
         print(f"ERROR: ASPIRE is not available, so there is no peer benchmark.\n{err}\n"
-              f"(needs network access to PyPI to create {args.venv}; or create it by hand: "
-              f"python3 -m venv {args.venv} && {args.venv}/bin/pip install aspire)",
-              file=sys.stderr)
+              f"({hint})", file=sys.stderr)
         return 2
 
     true_map, pixel_size = volume_at_size(args.size, args.map)
@@ -225,7 +133,8 @@ def main(argv=None):
         images, q_true = sim["images"], sim["quaternions"]
         log(f"sigma2={s2:g}: ASPIRE CLSyncVoting on {len(images)} images of {args.size} px...")
         rot, aspire_info = run_aspire(python, images, pixel_size, args.n_theta, workdir,
-                                      f"sigma2_{s2:g}")
+                                      f"sigma2_{s2:g}", seed=args.seed,
+                                      log=lambda line: log(f"    {line}"))
         q_aspire = geometry.matrix_to_quaternion(rot)
         if convention is None:
             if s2 == 0:
@@ -234,8 +143,7 @@ def main(argv=None):
                 log(f"  convention: q = {desc} (mean rot+hand error {err:.4f} rad)")
             else:
                 k, conj = DEFAULT_CONVENTION
-                desc = [c[0] for c in convention_candidates() if c[1:] == (k, conj)][0]
-                convention = (desc, k, conj, "default (no noiseless run)")
+                convention = (convention_name(k, conj), k, conj, "default (no noiseless run)")
         cmp = alignment.compare_orientations(q_true, convert(q_aspire, *convention[1:3]))
         rows.append(dict(method=f"ASPIRE CLSyncVoting (n_theta {args.n_theta})", sigma2=s2,
                          cmp=cmp, seconds=aspire_info["estimate_seconds"],
@@ -269,7 +177,8 @@ def main(argv=None):
         f"{rnd['random_median']:.3f} rad ({d(rnd['random_median']):.0f}°), mean "
         f"{rnd['random_mean']:.3f} rad",
         f"- ASPIRE {aspire_info.get('aspire_version')} (numpy {aspire_info.get('numpy_version')}) "
-        f"in {args.venv}; rotations converted as q = {convention[0]}(q_aspire) "
+        f"in {os.path.dirname(os.path.dirname(python))}; rotations converted as "
+        f"q = {convention[0]}(q_aspire) "
         f"({convention[3]}); 'time' = estimate_rotations() only",
         "- our method: " + (f"model {args.model}" if args.model else
                             "not run (no --model given; only ASPIRE's rows are shown)"),

@@ -17,6 +17,10 @@ import pwem  # noqa: E402
 
 from .constants import ORIENTLEARN_GPU, DEMO_MAP  # noqa: E402
 
+# Python of an environment with ASPIRE (same name as core.peer_aspire.ASPIRE_PYTHON_VAR;
+# not imported from there so that `python -m orientlearn.core.peer_aspire` runs cleanly).
+ORIENTLEARN_ASPIRE_PYTHON = "ORIENTLEARN_ASPIRE_PYTHON"
+
 __version__ = "0.1.0"
 _logo = None
 _references = ["Banjac2021"]
@@ -32,6 +36,22 @@ class Plugin(pwem.Plugin):
         cls._defineVar(ORIENTLEARN_GPU, "",
                        description="GPU ids TensorFlow may use (e.g. '0,1'); empty: "
                                    "whatever TensorFlow sees, the CPU when there is none.")
+        cls._defineVar(ORIENTLEARN_ASPIRE_PYTHON, "",
+                       description="Python of an environment with ASPIRE, for the 'common "
+                                   "lines (ASPIRE)' protocol. Empty: this environment when "
+                                   "aspire is installed here, else the venv made by "
+                                   "'python -m orientlearn.core.peer_aspire create' "
+                                   "(~/.cache/orientlearn/aspire-venv).")
+
+    @classmethod
+    def getAspirePython(cls):
+        """``(python, message)``: the interpreter that runs ASPIRE, or ``(None, why)``
+        with the exact commands that make one (``core.peer_aspire.find_aspire_python``)."""
+        from .core.peer_aspire import find_aspire_python
+        # The environment wins, so a value changed after start-up (tests, scripts) counts.
+        value = os.environ.get(ORIENTLEARN_ASPIRE_PYTHON,
+                               cls.getVar(ORIENTLEARN_ASPIRE_PYTHON, ""))
+        return find_aspire_python(value)
 
     @classmethod
     def getEnviron(cls):

@@ -18,4 +18,35 @@ pages = {25129--25147},
 year = {2016},
 doi = {10.1364/OE.24.025129}
 }
+@misc{ASPIRE,
+title = {{ASPIRE}: Algorithms for Single Particle Reconstruction (ASPIRE-Python)},
+author = {{ComputationalCryoEM}},
+howpublished = {Software, https://github.com/ComputationalCryoEM/ASPIRE-Python},
+year = {2024},
+note = {Concept DOI for all versions; cite the version used},
+doi = {10.5281/zenodo.5657281},
+url = {https://doi.org/10.5281/zenodo.5657281}
+}
+
+@article{Shkolnisky2012,
+title = {Viewing Direction Estimation in Cryo-EM Using Synchronization},
+author = {Shkolnisky, Yoel and Singer, Amit},
+journal = {SIAM Journal on Imaging Sciences},
+volume = {5},
+number = {3},
+pages = {1088--1110},
+year = {2012},
+doi = {10.1137/120863642}
+}
+
+@article{Singer2010,
+title = {Detecting consistent common lines in cryo-EM by voting},
+author = {Singer, Amit and Coifman, Ronald R. and Sigworth, Fred J. and Chester, David W. and Shkolnisky, Yoel},
+journal = {Journal of Structural Biology},
+volume = {169},
+number = {3},
+pages = {312--322},
+year = {2010},
+doi = {10.1016/j.jsb.2009.11.003}
+}
 """
