@@ -25,16 +25,23 @@ conjugation ``q -> a conj(q) b`` preserves them. So the minimiser is unique up t
 
 Both are harmless for reconstruction (the second gives the mirror-image map), so no
 separate ambiguity-resolution step (common lines, reprojection) is needed when the
-graph contains transformed edges: ``resolve_ambiguity`` is deliberately absent.
+graph contains transformed edges (``resolve_ambiguity`` only puts an O(4)-ambiguous
+starting point, such as the virtual-graph spectral start, in the right basin).
 With the in-plane rotations alone (no mirror) a continuous ambiguity ``a = R_z(t)``
 remains, and with the mirror alone ``a = R_x(t)``: use both (the default).
 
 Numerics: the loss and its analytic gradient are vectorised over edges, gradients are
-accumulated per particle with ``np.bincount``; optimisation is Adam on the sphere
-(tangent-projected gradient, renormalisation after each step). ``d_q`` is evaluated
-with a half-angle ``atan2`` (accurate near 0 and pi) and the ``arccos`` derivative is
-capped near ``d = 0`` (where ``(d - d_hat)^2`` has a cone for ``d_hat > 0``).
+accumulated per particle by two sparse products with precomputed patterns;
+optimisation is Adam on the sphere (tangent-projected gradient, renormalisation after
+each step). ``d_q = 2 arccos |<q_i, g q_j>|`` and its derivative is capped near
+``d = 0`` (where ``(d - d_hat)^2`` has a cone for ``d_hat > 0``).
 Memory is linear in the number of edges; nothing ``N x N`` is ever formed.
+
+Scale (100,000 particles on 2 CPU cores in minutes, ``benchmarks/recover.py``): the
+neighbour search of ``build_graph`` switches from brute force to an inverted file
+(spherical k-means cells, ``ivf_neighbors``) above a few thousand particles, and the
+spectral start with the D4 transforms solves a ``2N``-dimensional equivariant
+eigenproblem instead of the ``K N``-node virtual graph (``spectral_initialization``).
 """
 import time
 
@@ -44,7 +51,8 @@ from . import geometry
 
 __all__ = ["Graph", "image_transforms", "build_graph", "edge_weights",
            "recover_orientations", "recover_from_features", "orientation_loss",
-           "spectral_initialization", "resolve_ambiguity", "transform_table"]
+           "spectral_initialization", "resolve_ambiguity", "transform_table",
+           "equivariant_plane", "ivf_neighbors", "spherical_kmeans"]
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -107,8 +115,13 @@ def _unit(features):
     return f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
 
 
+#: ``build_graph(method="auto")`` searches exactly while ``K * N * N`` (similarity
+#: evaluations of the brute force) is at most this, and with the inverted file above.
+EXACT_SEARCH_LIMIT = 1e8
+
+
 def build_graph(features, n_neighbors=16, n_random=4, seed=0, chunk_size=None,
-                progress=None):
+                progress=None, method="auto", n_cells=None, n_probe=None):
     """Nearest neighbours (plus random pairs) in feature space, over all transforms.
 
     ``features (K, N, F)``: unit feature vectors; ``features[k][j]`` embeds image ``j``
@@ -119,33 +132,43 @@ def build_graph(features, n_neighbors=16, n_random=4, seed=0, chunk_size=None,
     For each particle ``i``: the ``n_neighbors`` pairs ``(j, k)`` with the smallest angle
     (``j != i``; ``(i, i, k)`` carries no information: ``d_q(q, g q)`` is the angle of
     ``g``), plus ``n_random`` uniformly drawn ``(j, k)`` (mostly far pairs, which keep
-    the embedding from folding). Rows are processed in chunks so memory is
-    ``O(chunk_size * K * N + N * (n_neighbors + n_random))``; time is ``O(K N^2 F)``.
-    ``progress(done, total)`` is called after each chunk. Returns a ``Graph``.
+    the embedding from folding).
+
+    Search (``method``):
+
+    * ``"exact"``: brute force, rows in chunks of ``chunk_size``; memory
+      ``O(chunk_size * K * N + N * (n_neighbors + n_random))``, time ``O(K N^2 F)``.
+    * ``"ivf"``: approximate, an inverted file (``ivf_neighbors``): spherical k-means
+      on the ``K * N`` feature vectors into ``n_cells`` cells, each particle searched
+      exactly in the ``n_probe`` cells nearest to it. Memory ``O(K N F)``, time about
+      ``O(K N F (n_cells + n_probe K N / n_cells))``, i.e. ``O(N^1.5)``. Recall (the
+      fraction of the exact neighbours found) is about 0.99 with the defaults on
+      features of a 3-D orientation manifold.
+    * ``"auto"`` (default): exact while ``K N^2 <= EXACT_SEARCH_LIMIT`` (N up to ~3,500
+      at K = 8), inverted file above.
+
+    ``progress(done, total)`` is called after each chunk (exact) or group of cells
+    (ivf). Returns a ``Graph``; ``graph.search`` says which search was used.
     """
     feats = _unit(features)
     if feats.ndim == 2:
         feats = feats[None]
     K, N, F = feats.shape
     n_neighbors = int(min(n_neighbors, K * N - K))
-    if chunk_size is None:        # ~16M similarity entries (64 MB float32) per chunk
-        chunk_size = max(1, min(N, 16_000_000 // max(1, K * N)))
+    if method == "auto":
+        method = "exact" if K * float(N) * N <= EXACT_SEARCH_LIMIT else "ivf"
     flat = feats.reshape(K * N, F)
+    if n_neighbors <= 0:
+        nb_idx = np.empty((N, 0), np.int64)
+        nb_cos = np.empty((N, 0), np.float32)
+    elif method == "exact":
+        nb_idx, nb_cos = _exact_neighbors(flat, N, n_neighbors, chunk_size, progress)
+    elif method == "ivf":
+        nb_idx, nb_cos = ivf_neighbors(flat, N, n_neighbors, n_cells=n_cells,
+                                       n_probe=n_probe, seed=seed, progress=progress)
+    else:
+        raise ValueError(f"unknown search method {method!r}")
     rng = np.random.default_rng(seed)
-    nb_idx = np.empty((N, n_neighbors), dtype=np.int64)
-    nb_cos = np.empty((N, n_neighbors), dtype=np.float32)
-    total = (N + chunk_size - 1) // chunk_size
-    for c, start in enumerate(range(0, N, chunk_size)):
-        stop = min(N, start + chunk_size)
-        rows = np.arange(start, stop)
-        sim = feats[0, start:stop] @ flat.T                    # (B, K*N) cosines
-        sim[rows[:, None] - start, rows[:, None] + N * np.arange(K)[None]] = -np.inf
-        if n_neighbors > 0:
-            part = np.argpartition(-sim, n_neighbors - 1, axis=1)[:, :n_neighbors]
-            nb_idx[start:stop] = part
-            nb_cos[start:stop] = np.take_along_axis(sim, part, axis=1)
-        if progress is not None:
-            progress(c + 1, total)
     i_nb = np.repeat(np.arange(N), n_neighbors)
     flat_nb = nb_idx.ravel()
     # Random pairs: uniform over (j, k) with j != i.
@@ -160,7 +183,155 @@ def build_graph(features, n_neighbors=16, n_random=4, seed=0, chunk_size=None,
     cos_all = np.concatenate([nb_cos.ravel(), cos_r]).astype(np.float64)
     d_hat = np.arccos(np.clip(cos_all, -1.0, 1.0))
     is_random = np.concatenate([np.zeros(len(i_nb), bool), np.ones(len(i_r), bool)])
-    return Graph(i_all, j_all, k_all, d_hat, N, is_random)
+    graph = Graph(i_all, j_all, k_all, d_hat, N, is_random)
+    graph.search = method
+    return graph
+
+
+def _exact_neighbors(flat, N, n_neighbors, chunk_size=None, progress=None):
+    """Brute-force ``n_neighbors`` most similar columns of ``flat (K*N, F)`` for each of
+    the rows ``flat[:N]``, excluding the particle itself under every transform.
+    Returns ``(index (N, n) int64 into K*N, cosine (N, n) float32)``, unordered."""
+    KN = len(flat)
+    K = KN // N
+    if chunk_size is None:        # ~16M similarity entries (64 MB float32) per chunk
+        chunk_size = max(1, min(N, 16_000_000 // max(1, KN)))
+    nb_idx = np.empty((N, n_neighbors), dtype=np.int64)
+    nb_cos = np.empty((N, n_neighbors), dtype=np.float32)
+    total = (N + chunk_size - 1) // chunk_size
+    for c, start in enumerate(range(0, N, chunk_size)):
+        stop = min(N, start + chunk_size)
+        rows = np.arange(start, stop)
+        sim = flat[start:stop] @ flat.T                        # (B, K*N) cosines
+        sim[rows[:, None] - start, rows[:, None] + N * np.arange(K)[None]] = -np.inf
+        part = np.argpartition(-sim, n_neighbors - 1, axis=1)[:, :n_neighbors]
+        nb_idx[start:stop] = part
+        nb_cos[start:stop] = np.take_along_axis(sim, part, axis=1)
+        if progress is not None:
+            progress(c + 1, total)
+    return nb_idx, nb_cos
+
+
+def _argmax_rows(X, C, block=None):
+    """Index of the most similar row of ``C`` for every row of ``X`` (blocked matmul)."""
+    if block is None:
+        block = max(1, 8_000_000 // max(1, len(C)))
+    out = np.empty(len(X), np.int64)
+    for s in range(0, len(X), block):
+        out[s:s + block] = np.argmax(X[s:s + block] @ C.T, axis=1)
+    return out
+
+
+def spherical_kmeans(X, n_clusters, n_iter=12, sample_size=None, seed=0):
+    """Unit centroids ``(n_clusters, F)`` of unit vectors ``X (M, F)`` by cosine k-means.
+
+    Trained on ``sample_size`` (default ``64 * n_clusters``) rows drawn with ``seed``;
+    an empty cluster is re-seeded with a random sample row.
+    """
+    import scipy.sparse as sp
+    rng = np.random.default_rng(seed)
+    X = np.asarray(X, np.float32)
+    n_clusters = int(min(n_clusters, len(X)))
+    if sample_size is None:
+        sample_size = 64 * n_clusters
+    S = X[np.sort(rng.choice(len(X), size=min(len(X), int(sample_size)), replace=False))]
+    C = S[rng.choice(len(S), size=n_clusters, replace=False)].copy()
+    for _ in range(int(n_iter)):
+        lab = _argmax_rows(S, C)
+        counts = np.bincount(lab, minlength=n_clusters)
+        member = sp.csr_matrix((np.ones(len(S), np.float32), (lab, np.arange(len(S)))),
+                               shape=(n_clusters, len(S)))
+        sums = np.asarray(member @ S, dtype=np.float32)
+        empty = counts == 0
+        if np.any(empty):
+            sums[empty] = S[rng.choice(len(S), size=int(empty.sum()), replace=False)]
+        C = _unit(sums)
+    return C
+
+
+def ivf_neighbors(flat, N, n_neighbors, n_cells=None, n_probe=None, seed=0,
+                  progress=None):
+    """Approximate ``_exact_neighbors`` with an inverted file (coarse quantiser).
+
+    ``flat (K*N, F)`` unit vectors, the queries are its first ``N`` rows (the
+    untransformed particles). Spherical k-means (``spherical_kmeans``) puts every vector
+    in one of ``n_cells`` cells (default ``~sqrt(K*N)``); each query is compared exactly
+    with the vectors of its ``n_probe`` nearest cells (default 8). Cells are processed
+    one at a time (all queries probing a cell together, one matrix product), and the
+    running best ``n_neighbors`` of every query are merged in place, so memory is
+    ``O(K N F + N n_neighbors)``. A neighbour is missed only when it lies outside the
+    probed cells; recall is measured in ``tests/test_recovery.py``.
+    Returns ``(index (N, n) int64 into K*N, cosine (N, n) float32)``; entries that
+    could not be filled (fewer than ``n_neighbors`` candidates) are filled by exact search.
+    """
+    flat = np.ascontiguousarray(flat, dtype=np.float32)
+    KN, F = flat.shape
+    if n_cells is None:
+        n_cells = int(np.clip(round(np.sqrt(KN)), 1, 4096))
+    n_cells = int(min(n_cells, KN))
+    n_probe = int(min(8 if n_probe is None else n_probe, n_cells))
+    centroids = spherical_kmeans(flat, n_cells, seed=seed)
+    n_cells = len(centroids)
+    # Inverted lists: database vectors sorted by cell.
+    cell_of = _argmax_rows(flat, centroids)
+    order = np.argsort(cell_of, kind="stable")
+    bounds = np.searchsorted(cell_of[order], np.arange(n_cells + 1))
+    # Probes: the n_probe nearest cells of every query, inverted into per-cell lists.
+    probes = np.empty((N, n_probe), np.int64)
+    block = max(1, 8_000_000 // n_cells)
+    for s in range(0, N, block):
+        sim = flat[s:min(N, s + block)] @ centroids.T
+        if n_probe < n_cells:
+            probes[s:s + block] = np.argpartition(-sim, n_probe - 1, axis=1)[:, :n_probe]
+        else:
+            probes[s:s + block] = np.arange(n_cells)[None]
+    q_of = np.repeat(np.arange(N), n_probe)
+    p_cell = probes.ravel()
+    q_order = np.argsort(p_cell, kind="stable")
+    q_sorted = q_of[q_order]
+    q_bounds = np.searchsorted(p_cell[q_order], np.arange(n_cells + 1))
+    del probes, q_of, p_cell, q_order
+    best_idx = np.full((N, n_neighbors), -1, np.int64)
+    best_cos = np.full((N, n_neighbors), -np.inf, np.float32)
+    n = n_neighbors
+    max_entries = 4_000_000
+    for c in range(n_cells):
+        db = order[bounds[c]:bounds[c + 1]]
+        qs_all = q_sorted[q_bounds[c]:q_bounds[c + 1]]
+        if len(db) == 0 or len(qs_all) == 0:
+            continue
+        D = flat[db]
+        db_particle = db % N
+        step = max(1, max_entries // len(db))
+        for s in range(0, len(qs_all), step):
+            qs = qs_all[s:s + step]
+            sim = flat[qs] @ D.T                                    # (q, d)
+            sim[db_particle[None, :] == qs[:, None]] = -np.inf      # no self pairs
+            if len(db) > n:
+                part = np.argpartition(-sim, n - 1, axis=1)[:, :n]
+                cand_idx = db[part]
+                cand_cos = np.take_along_axis(sim, part, axis=1)
+            else:
+                cand_idx = np.broadcast_to(db, sim.shape)
+                cand_cos = sim
+            all_idx = np.concatenate([best_idx[qs], cand_idx], axis=1)
+            all_cos = np.concatenate([best_cos[qs], cand_cos], axis=1)
+            keep = np.argpartition(-all_cos, n - 1, axis=1)[:, :n]
+            best_idx[qs] = np.take_along_axis(all_idx, keep, axis=1)
+            best_cos[qs] = np.take_along_axis(all_cos, keep, axis=1)
+        if progress is not None and (c % 64 == 63 or c == n_cells - 1):
+            progress(c + 1, n_cells)
+    # Queries that met fewer than n candidates (tiny inputs): fill them exactly.
+    short = np.flatnonzero(np.any(~np.isfinite(best_cos), axis=1))
+    if len(short):
+        for s in range(0, len(short), max(1, 16_000_000 // KN)):
+            rows = short[s:s + max(1, 16_000_000 // KN)]
+            sim = flat[rows] @ flat.T
+            sim[rows[:, None] % N == (np.arange(KN) % N)[None]] = -np.inf
+            part = np.argpartition(-sim, n - 1, axis=1)[:, :n]
+            best_idx[rows] = part
+            best_cos[rows] = np.take_along_axis(sim, part, axis=1)
+    return best_idx, best_cos
 
 
 # ----------------------------------------------------------------------------- weights
@@ -207,27 +378,64 @@ def _robust(r, loss, scale):
 
 
 class _Edges:
-    """Edge arrays prepared once for repeated loss evaluations (indices, normalised
-    weights, virtual index ``k * N + j`` of the transformed partner)."""
+    """Edge arrays prepared once for repeated loss evaluations: indices, normalised
+    weights, the virtual index ``j * K + k`` of the transformed partner ``g_k q_j`` (the
+    row of ``q @ left`` reshaped to ``(N * K, 4)``), and the sparsity patterns of the
+    two edge-to-particle sums of the gradient, so that each is one sparse product."""
 
     def __init__(self, i, j, k, transforms, d_hat, weights, n_particles):
         self.N = int(n_particles)
         self.transforms = np.asarray(transforms, np.float64)
         self.K = len(self.transforms)
         self.i = np.asarray(i, np.int64)
-        self.vidx = np.asarray(k, np.int64) * self.N + np.asarray(j, np.int64)
+        self.vidx = np.asarray(j, np.int64) * self.K + np.asarray(k, np.int64)
         self.d_hat = np.asarray(d_hat, np.float64)
         w = np.ones(len(self.i)) if weights is None else np.asarray(weights, np.float64)
         self.w = w / w.sum()
+        # Left multiplication by g_k as a matrix: g_k q = q @ left[:, 4k:4k+4].
+        L = np.stack([geometry.multiply(g[None], np.eye(4)).T for g in self.transforms])
+        self.left = np.ascontiguousarray(L.transpose(2, 0, 1).reshape(4, 4 * self.K))
+        E, KN = len(self.i), self.K * self.N
+        itype = np.int32 if max(KN, E) < 2 ** 31 - 1 else np.int64
+        # CSR (N, E): row i_e, column e. Its product with (E, 4) sums per particle.
+        self.perm_i = np.argsort(self.i, kind="stable")
+        self.cols_i = self.perm_i.astype(itype)
+        self.ptr_i = np.concatenate([[0], np.cumsum(np.bincount(self.i, minlength=self.N))]
+                                    ).astype(itype)
+        # CSR (K*N, N): row vidx_e, column i_e.
+        self.perm_v = np.argsort(self.vidx, kind="stable")
+        self.cols_v = self.i[self.perm_v].astype(itype)
+        self.ptr_v = np.concatenate([[0], np.cumsum(np.bincount(self.vidx, minlength=KN))]
+                                    ).astype(itype)
+
+    def transformed(self, q):
+        """``g_k q_j`` for all ``(j, k)``, ``(N * K, 4)``, row ``j * K + k``."""
+        return (q @ self.left).reshape(self.N * self.K, 4)
+
+    def gradient(self, dL_dc, q, v):
+        """Gradient ``(N, 4)`` of ``sum_e L(c_e)`` for ``c_e = <q_i, v_e>``,
+        ``v_e = g_k q_j``, given ``dL/dc (E,)``."""
+        import scipy.sparse as sp
+        N, KN = self.N, self.K * self.N
+        Ai = sp.csr_matrix((dL_dc[self.perm_i], self.cols_i, self.ptr_i),
+                           shape=(N, len(dL_dc)), copy=False)
+        Av = sp.csr_matrix((dL_dc[self.perm_v], self.cols_v, self.ptr_v), shape=(KN, N),
+                           copy=False)
+        grad = Ai @ v                                        # d c / d q_i = g_k q_j
+        acc = Av @ q                                         # d c / d (g_k q_j) = q_i
+        # c = <q_i, L_k q_j>: d c / d q_j = L_k^T q_i, i.e. the row acc_jk @ L_k.
+        grad += acc.reshape(N, 4 * self.K) @ self.left.T
+        return grad
 
 
 def _loss_and_gradient(q, edges, loss="l2", loss_scale=0.3, with_gradient=True):
     """Loss (float), Euclidean gradient ``(N, 4)`` and ``|residual| (E,)`` for unit q."""
     e = edges
-    gq = geometry.multiply(e.transforms[:, None, :], q[None]).reshape(-1, 4)   # (K*N, 4)
+    gq = e.transformed(q)                                                      # (N*K, 4)
     qi = np.take(q, e.i, axis=0)
     v = np.take(gq, e.vidx, axis=0)                                            # g_k q_j
     c = np.einsum("ef,ef->e", qi, v)
+    del qi
     ac = np.minimum(np.abs(c), 1.0)
     r = 2.0 * np.arccos(ac) - e.d_hat
     rho, drho = _robust(r, loss, loss_scale)
@@ -237,16 +445,7 @@ def _loss_and_gradient(q, edges, loss="l2", loss_scale=0.3, with_gradient=True):
     # d(d_q)/dc = -2 sign(c) / sin(d/2), sin(d/2) = sqrt(1 - c^2), capped near d = 0.
     sin_half = np.sqrt(np.maximum((1.0 - ac) * (1.0 + ac), _MIN_SIN ** 2))
     dL_dc = e.w * drho * np.where(c < 0, 2.0, -2.0) / sin_half
-    N, K = e.N, e.K
-    grad = np.empty((N, 4))
-    acc = np.empty((K * N, 4))
-    for f in range(4):
-        grad[:, f] = np.bincount(e.i, dL_dc * v[:, f], minlength=N)
-        acc[:, f] = np.bincount(e.vidx, dL_dc * qi[:, f], minlength=K * N)
-    # c = <q_i, g q_j> = <conj(g) q_i, q_j>: map the partner gradients back to q_j.
-    grad += geometry.multiply(geometry.conjugate(e.transforms)[:, None, :],
-                              acc.reshape(K, N, 4)).sum(axis=0)
-    return value, grad, np.abs(r)
+    return value, e.gradient(dL_dc, q, v), np.abs(r)
 
 
 def orientation_loss(q, i, j, k, transforms, d_hat, weights=None, loss="l2",
@@ -320,8 +519,30 @@ def _fit_rotations(Y, n_fit=5000, restarts=8, iterations=60, seed=0):
     return Rm, best[0]
 
 
+def equivariant_plane(transforms):
+    """2x2 blocks ``(K, 2, 2)`` of the transforms on the image plane, or None.
+
+    Returned when every transform's rotation matrix fixes the beam axis (z) and the
+    blocks ``rho(g) = R(g)[:2, :2]`` act on the image plane absolutely irreducibly (only
+    multiples of the identity commute with all of them): true for the dihedral group
+    D4 of ``image_transforms()`` (rotations with the mirror), false for rotations alone
+    (which commute with every in-plane rotation), the mirror alone or the identity.
+    Then ``spectral_initialization`` can work on ``2 N`` unknowns instead of ``K N``.
+    """
+    R = geometry.quaternion_to_matrix(np.asarray(transforms, np.float64).reshape(-1, 4))
+    if np.max(np.abs(R[:, 2, :2])) > 1e-6 or np.max(np.abs(R[:, :2, 2])) > 1e-6:
+        return None
+    rho = R[:, :2, :2]
+    eye = np.eye(2)
+    # Row-major vec: vec(rho X - X rho) = (rho (x) I - I (x) rho^T) vec(X).
+    L = np.concatenate([np.kron(r, eye) - np.kron(eye, r.T) for r in rho])
+    if np.linalg.matrix_rank(L, tol=1e-6) != 3:
+        return None
+    return rho
+
+
 def spectral_initialization(i, j, k, transforms, d_hat, n_particles, max_distance=None,
-                            seed=0):
+                            seed=0, method="auto", tol=None):
     """Rough orientations ``(N, 4)`` from the local edges by Laplacian eigenmaps on SO(3).
 
     The first 9 non-trivial eigenfunctions of the Laplacian on SO(3) are the entries of
@@ -329,10 +550,36 @@ def spectral_initialization(i, j, k, transforms, d_hat, n_particles, max_distanc
     coverage of orientations). Edges with transforms are used through virtual nodes
     ``g_l q_n`` (the transforms must form a group, see ``transform_table``). Edges with
     ``d_hat > max_distance`` (default: the 40th percentile) are ignored: they carry the
-    least reliable distances. A linear map from the eigenvectors to rotation matrices
-    is then fitted. The result is defined up to O(4) (fix with ``resolve_ambiguity``);
-    use it as ``q_init`` for ``recover_orientations``.
+    least reliable distances. Use the result as ``q_init`` for ``recover_orientations``.
+
+    ``method``:
+
+    * ``"virtual"``: the kernel graph on the ``K N`` virtual nodes, 16 eigenvectors, a
+      linear map from 9 of them to rotation matrices (``_fit_rotations``). The result is
+      defined up to O(4) (fix with ``resolve_ambiguity``).
+    * ``"equivariant"`` (needs ``equivariant_plane(transforms)``): the graph is
+      invariant under the group acting on the virtual nodes, so the wanted
+      eigenfunctions have the form ``f(l, n) = rho(g_l) u_n`` with ``u_n`` in R^2
+      (``rho`` the 2x2 block of ``R(g)`` on the image plane) and are eigenvectors of the
+      ``2N x 2N`` matrix with blocks ``w_e rho(g_k)`` at ``(i, j)`` (and the transpose
+      at ``(j, i)``) — vector diffusion maps. Its top three eigenvectors are
+      ``u_n = R(q_n)[:2] C`` for one unknown 3x3 ``C``; fitting ``C`` (whitening, then
+      alternating projection) gives the first two rows of ``R(q_n)``, the third is their
+      cross product. Solves a problem ``K / 2`` times smaller without the exact
+      eigenvalue multiplicities of the virtual graph (Lanczos finds those slowly), and
+      the result is already free of the harmful ambiguity (defined up to a global
+      object rotation and the handedness), as ``rho(g)`` is fixed, not estimated.
+    * ``"auto"`` (default): ``"equivariant"`` where possible, else ``"virtual"``.
+
+    ``tol``: ARPACK tolerance (default 1e-10 virtual, 1e-6 equivariant).
     """
+    return _spectral(i, j, k, transforms, d_hat, n_particles, max_distance, seed,
+                     method, tol)[0]
+
+
+def _spectral(i, j, k, transforms, d_hat, n_particles, max_distance=None, seed=0,
+              method="auto", tol=None):
+    """``spectral_initialization``, returning ``(q (N, 4), method used)``."""
     import scipy.sparse as sp
     import scipy.sparse.linalg as sla
     i = np.asarray(i, np.int64); j = np.asarray(j, np.int64); k = np.asarray(k, np.int64)
@@ -340,25 +587,81 @@ def spectral_initialization(i, j, k, transforms, d_hat, n_particles, max_distanc
     N = int(n_particles)
     table = transform_table(transforms)
     K = len(table)
+    rho = equivariant_plane(transforms)
+    if method == "auto":
+        method = "virtual" if rho is None else "equivariant"
+    if method == "equivariant" and rho is None:
+        raise ValueError("the transforms do not allow the equivariant initialisation")
+    if method not in ("virtual", "equivariant"):
+        raise ValueError(f"unknown spectral method {method!r}")
     if max_distance is None:
         max_distance = np.quantile(d_hat, 0.4)
     keep = d_hat <= max_distance
     i, j, k, d = i[keep], j[keep], k[keep], d_hat[keep]
     eps = max(np.median(d) ** 2, 1e-6)
+    w = np.exp(-d * d / eps)
+    v0 = np.random.default_rng(seed)
+    if method == "equivariant":
+        deg = np.bincount(i, w, minlength=N) + np.bincount(j, w, minlength=N)
+        s = np.repeat(1.0 / np.sqrt(np.maximum(deg, 1e-12)), 2)     # (2N,)
+        blocks = w[:, None, None] * rho[k]                           # (E, 2, 2)
+        two = np.arange(2)
+        rows = (2 * i[:, None, None] + two[None, :, None]).repeat(2, axis=2).ravel()
+        cols = (2 * j[:, None, None] + two[None, None, :]).repeat(2, axis=1).ravel()
+        del deg
+        vals = blocks.ravel()
+        del blocks
+        # Block (j, i) is the transpose of block (i, j): the same entries, swapped indices.
+        r_all = np.concatenate([rows, cols]); c_all = np.concatenate([cols, rows])
+        del rows, cols
+        v_all = np.concatenate([vals, vals]) * s[r_all] * s[c_all]
+        A = sp.csr_matrix((v_all, (r_all, c_all)), shape=(2 * N, 2 * N))
+        del r_all, c_all, v_all
+        vals, vecs = sla.eigsh(A, k=min(6, 2 * N - 1), which="LA",
+                               v0=v0.standard_normal(2 * N),
+                               tol=1e-6 if tol is None else tol)
+        order = np.argsort(-vals)
+        U = (vecs[:, order[:3]] * s[:, None]).reshape(N, 2, 3)
+        Rm = _fit_two_rows(U)
+        return geometry.matrix_to_quaternion(Rm), method
     a, b = _virtual_edges(i, j, k, table, N)
-    w = np.tile(np.exp(-d * d / eps), K)
+    w = np.tile(w, K)
     W = sp.coo_matrix((w, (a, b)), shape=(K * N, K * N)).tocsr()
     W = (W + W.T).tocsr()
     deg = np.asarray(W.sum(axis=1)).ravel()
     deg = np.maximum(deg, 1e-12)
     Dm = sp.diags(1.0 / np.sqrt(deg))
     A = (Dm @ W @ Dm).tocsr()
-    v0 = np.random.default_rng(seed).standard_normal(K * N)
-    vals, vecs = sla.eigsh(A, k=16, which="LA", v0=v0, tol=1e-10)
+    vals, vecs = sla.eigsh(A, k=16, which="LA", v0=v0.standard_normal(K * N),
+                           tol=1e-10 if tol is None else tol)
     order = np.argsort(-vals)
     Y = (vecs[:, order[1:10]] / np.sqrt(deg)[:, None])[:N]   # nodes (n, 0)
     Rm, _ = _fit_rotations(Y, seed=seed)
-    return geometry.matrix_to_quaternion(Rm)
+    return geometry.matrix_to_quaternion(Rm), method
+
+
+def _fit_two_rows(U, iterations=20):
+    """Rotation matrices ``(N, 3, 3)`` from ``U (N, 2, 3) ~ R(q_n)[:2] C`` (unknown C).
+
+    Whitening (for orientations covering SO(3) uniformly ``mean R[:2]^T R[:2] = 2/3 I``)
+    gives ``C`` up to an orthogonal factor, which is harmless (an object rotation, or
+    with a reflection the handedness); then alternate the nearest matrices with
+    orthonormal rows and the least-squares linear map. The third row is the cross
+    product of the first two, so the result is a rotation.
+    """
+    U = np.asarray(U, np.float64)
+    G = np.einsum("nac,nad->cd", U, U) / len(U)
+    evals, evecs = np.linalg.eigh(G)
+    M = evecs / np.sqrt(1.5 * np.maximum(evals, 1e-12 * evals.max())) @ evecs.T
+    UtU = np.einsum("nac,nad->cd", U, U)
+    for _ in range(int(iterations)):
+        u, _, vt = np.linalg.svd(U @ M, full_matrices=False)          # (N,2,2),(N,2,3)
+        X = u @ vt                                                    # orthonormal rows
+        M = np.linalg.solve(UtU, np.einsum("nac,nad->cd", U, X))
+    u, _, vt = np.linalg.svd(U @ M, full_matrices=False)
+    X = u @ vt
+    Rm = np.concatenate([X, np.cross(X[:, 0], X[:, 1])[:, None]], axis=1)
+    return Rm
 
 
 def resolve_ambiguity(q, i, j, k, transforms, d_hat, weights=None, n_candidates=2048,
@@ -454,7 +757,7 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
                          k=None, transforms=None, n_steps=1000, learning_rate=0.05,
                          final_learning_rate=0.002, restarts=1, restart_steps=200,
                          loss="l2", loss_scale=0.3, tol=1e-6, patience=50, q_init=None,
-                         init="spectral", seed=0, progress=None):
+                         init="spectral", seed=0, progress=None, spectral_method="auto"):
     """Minimise eq. (4) on a sparse graph: orientations ``q (N, 4)`` from distances.
 
     Edges ``e``: particles ``i[e], j[e]`` (``(E,)`` int), image-side transform given either
@@ -481,7 +784,8 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
     rad^2), ``loss_history`` (per step), ``residual`` ``(N,)`` the weighted mean
     ``|d_q - d_hat|`` over each particle's edges (a ground-truth-free confidence: high
     means the particle does not fit; NaN for isolated particles), ``n_steps`` done,
-    ``restart_losses``, ``seconds``.
+    ``restart_losses``, ``seconds`` (``seconds_init``: the initialisation,
+    ``seconds_optimize``: the rest).
     The result is defined up to ``q -> q b`` (object rotation) and, with transformed
     edges, ``q -> R_z(pi) q b`` (handedness); with identity edges only, up to O(4).
     """
@@ -537,8 +841,9 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
     init_info = {}
     if q_init is None and init == "spectral":
         try:
-            q_init = spectral_initialization(i, j, k, transforms, d_hat, N, seed=seed)
-            init_info["init"] = "spectral"
+            q_init, how = _spectral(i, j, k, transforms, d_hat, N, seed=seed,
+                                    method=spectral_method)
+            init_info["init"] = "spectral" if how == "virtual" else f"spectral ({how})"
             if np.any(np.abs(np.abs(transforms[:, 0]) - 1) > 1e-9):
                 q_init, amb = resolve_ambiguity(q_init, i, j, k, transforms, d_hat, w,
                                                 seed=seed)
@@ -546,6 +851,7 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
         except (ValueError, np.linalg.LinAlgError) as err:   # not a group, degenerate
             init_info["init"] = f"random (spectral failed: {err})"
             q_init = None
+    t_init = time.time()
     if q_init is not None:
         starts = [geometry.normalize(q_init)]
         restarts = 1
@@ -580,23 +886,26 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
         progress(total, total)
     info = dict(loss=value, loss_history=np.array(history_all), residual=residual,
                 n_steps=len(history_all), restart_losses=restart_losses,
-                seconds=time.time() - t0, **init_info)
+                seconds=time.time() - t0, seconds_init=t_init - t0,
+                seconds_optimize=time.time() - t_init, **init_info)
     return q, info
 
 
 def recover_from_features(features, transforms, n_neighbors=16, n_random=4,
                           weighting="gaussian", weight_scale=1.0, distance_map=None,
-                          seed=0, progress=None, **recover_kwargs):
+                          seed=0, progress=None, search="auto", **recover_kwargs):
     """Orientations from per-transform image embeddings: graph, weights, recovery.
 
     ``features (K, N, F)``: ``features[k]`` embeds every image after transform
     ``transforms[k]`` (``(K, 4)`` from ``image_transforms``; ``features[0]`` must be the
     identity). ``distance_map``: optional callable mapping feature angles (radians) to
-    distance estimates (a calibration), applied before weighting. Other keyword
+    distance estimates (a calibration), applied before weighting. ``search``: the
+    neighbour search of ``build_graph`` (``"auto"``, ``"exact"`` or ``"ivf"``). Other keyword
     arguments go to ``recover_orientations``. Returns ``(q (N, 4), info)``; ``info``
     also holds ``graph``.
     """
-    graph = build_graph(features, n_neighbors=n_neighbors, n_random=n_random, seed=seed)
+    graph = build_graph(features, n_neighbors=n_neighbors, n_random=n_random, seed=seed,
+                        method=search)
     d_hat = graph.d_hat if distance_map is None else np.asarray(distance_map(graph.d_hat))
     w = edge_weights(d_hat, weighting, weight_scale)
     q, info = recover_orientations(graph.i, graph.j, d_hat=d_hat, weights=w,

@@ -176,3 +176,115 @@ def test_edge_weights_trust_small_distances():
         w = rec.edge_weights(d, scheme)
         assert np.all(np.diff(w) <= 0) and w[0] == pytest.approx(1) and w[-1] > 0
     assert np.all(rec.edge_weights(d, "uniform") == 1)
+
+
+# ----------------------------------------------------------------------------- scale
+
+def learned_like_features(q, transforms, n_features=32, noise=0.05, seed=0):
+    """Features ``(K, N, F)`` on a curved 3-D manifold: a random nonlinear map of
+    ``quaternion_features`` plus isotropic noise (closer to a network's embedding)."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((16, 48))
+    B = rng.standard_normal((48, n_features)) / np.sqrt(48)
+    f = np.tanh(quaternion_features(q, transforms) @ A) @ B
+    return f + noise * rng.standard_normal(f.shape)
+
+
+def neighbour_keys(graph, K):
+    """Set of ``(i, k, j)`` of the feature-space neighbour edges, as integers."""
+    nb = ~graph.is_random
+    N = graph.n_particles
+    return (graph.i[nb] * K + graph.k[nb]) * N + graph.j[nb]
+
+
+def test_ivf_search_recall_against_brute_force():
+    t, _ = rec.image_transforms()
+    N = 2500
+    q = geo.uniform_quaternions(N, seed=11)
+    feats = learned_like_features(q, t)
+    exact = rec.build_graph(feats, n_neighbors=12, n_random=3, seed=4, method="exact")
+    approx = rec.build_graph(feats, n_neighbors=12, n_random=3, seed=4, method="ivf")
+    assert exact.search == "exact" and approx.search == "ivf"
+    keys_exact, keys_approx = neighbour_keys(exact, 8), neighbour_keys(approx, 8)
+    recall = np.isin(keys_approx, keys_exact).mean()
+    assert recall >= 0.95, recall
+    # Same layout: 12 neighbours per particle, no self pairs, and the same random pairs.
+    assert np.all(np.bincount(approx.i[~approx.is_random], minlength=N) == 12)
+    assert np.all(approx.i != approx.j)
+    assert len(np.unique(keys_approx)) == len(keys_approx)
+    for name in ("i", "j", "k", "d_hat"):
+        np.testing.assert_array_equal(getattr(approx, name)[approx.is_random],
+                                      getattr(exact, name)[exact.is_random])
+    # Estimated distances are the true feature angles of the edges found.
+    u = feats / np.linalg.norm(feats, axis=-1, keepdims=True)
+    ang = np.arccos(np.clip(np.einsum("ef,ef->e", u[0, approx.i], u[approx.k, approx.j]),
+                            -1, 1))
+    np.testing.assert_allclose(approx.d_hat, ang, atol=1e-5)
+    # Fewer probed cells find fewer true neighbours; probing all cells is exact.
+    few = rec.build_graph(feats, n_neighbors=12, n_random=3, seed=4, method="ivf",
+                          n_cells=64, n_probe=1)
+    all_cells = rec.build_graph(feats, n_neighbors=12, n_random=3, seed=4, method="ivf",
+                                n_cells=16, n_probe=16)
+    assert np.isin(neighbour_keys(few, 8), keys_exact).mean() < recall
+    assert set(neighbour_keys(all_cells, 8)) == set(keys_exact)
+
+
+def test_ivf_handles_tiny_inputs_and_chooses_by_size(monkeypatch):
+    rng = np.random.default_rng(2)
+    feats = geo.normalize(rng.standard_normal((2, 30, 6)))
+    # Cells smaller than n_neighbors and n_neighbors close to all candidates: exact fill.
+    g = rec.build_graph(feats, n_neighbors=50, n_random=1, method="ivf", n_cells=20)
+    ex = rec.build_graph(feats, n_neighbors=50, n_random=1, method="exact")
+    assert set(neighbour_keys(g, 2)) == set(neighbour_keys(ex, 2))
+    assert rec.build_graph(feats, 4, 1).search == "exact"
+    monkeypatch.setattr(rec, "EXACT_SEARCH_LIMIT", 100)
+    assert rec.build_graph(feats, 4, 1).search == "ivf"
+    with pytest.raises(ValueError):
+        rec.build_graph(feats, 4, 1, method="kd")
+
+
+def test_spherical_kmeans_is_seeded_and_unit():
+    x = geo.normalize(np.random.default_rng(0).standard_normal((3000, 5)))
+    a = rec.spherical_kmeans(x, 40, seed=1)
+    b = rec.spherical_kmeans(x, 40, seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (40, 5)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+
+
+def test_equivariant_plane_only_for_the_dihedral_transforms():
+    assert rec.equivariant_plane(rec.image_transforms()[0]).shape == (8, 2, 2)
+    assert rec.equivariant_plane(rec.image_transforms(2)[0]) is None        # D2: reducible
+    assert rec.equivariant_plane(rec.image_transforms(4, mirror=False)[0]) is None
+    assert rec.equivariant_plane(rec.image_transforms(1, mirror=True)[0]) is None
+    assert rec.equivariant_plane(rec.image_transforms(1, mirror=False)[0]) is None
+
+
+def test_equivariant_spectral_start_needs_no_ambiguity_resolution(truth):
+    """The 2N-dimensional start is already right up to object rotation + handedness,
+    and agrees with the K N virtual-graph start after its O(4) alignment."""
+    t, _ = rec.image_transforms()
+    graph, d = exact_graph(truth, t)
+    noisy = np.clip(d + 0.1 * np.random.default_rng(3).standard_normal(len(d)), 0, np.pi)
+    q_eq = rec.spectral_initialization(graph.i, graph.j, graph.k, t, noisy, len(truth))
+    assert np.median(right_rotation_error(truth, q_eq)) < 0.25
+    q_virtual = rec.spectral_initialization(graph.i, graph.j, graph.k, t, noisy, len(truth),
+                                            method="virtual")
+    assert np.median(right_rotation_error(truth, q_virtual)) > 0.3      # O(4)-ambiguous
+    _, q_al = alignment.align_o4(truth, q_virtual)
+    assert np.median(alignment.orientation_errors(truth, q_al)) < 0.25
+    with pytest.raises(ValueError):
+        rec.spectral_initialization(graph.i, graph.j, graph.k * 0, t[:1], noisy,
+                                    len(truth), method="equivariant")
+
+
+def test_recovery_with_approximate_graph(truth):
+    """End to end through the inverted file: the same accuracy as the exact search."""
+    t, _ = rec.image_transforms()
+    feats = quaternion_features(truth, t)
+    q, info = rec.recover_from_features(feats, t, distance_map=feature_angle_to_distance,
+                                        weighting="uniform", n_steps=300, search="ivf")
+    assert info["graph"].search == "ivf"
+    assert info["init"] == "spectral (equivariant)"
+    assert np.median(right_rotation_error(truth, q)) < 0.02
+    assert info["seconds_init"] > 0 and info["seconds_optimize"] > 0

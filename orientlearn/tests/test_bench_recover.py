@@ -1,0 +1,52 @@
+"""The recovery scale benchmark must keep running: ``benchmarks/recover.py --smoke``.
+
+The smoke run recovers 500 particles (exact neighbour search) and 4,000 (inverted file)
+from exact distances plus 0.1 rad of noise; the table's numbers are checked for sense,
+never for speed (tests never time things).
+"""
+import os
+import re
+import subprocess
+import sys
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SCRIPT = os.path.join(REPO, "benchmarks", "recover.py")
+
+COLUMNS = ["P", "search", "neighbour recall", "graph (s)", "init (s)", "optimisation (s)",
+           "steps", "total (s)", "peak RSS (MB)", "start RSS (MB)",
+           "median E_OR rot+hand (rad)", "median E_OR O(4) (rad)"]
+
+
+def test_recover_benchmark_smoke_prints_the_table(tmp_path):
+    out = tmp_path / "sub" / "recover.md"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, SCRIPT, "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = proc.stdout
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    assert header == COLUMNS
+    assert set(lines[1].replace("|", "")) == {"-"}
+    rows = [dict(zip(COLUMNS, (c.strip() for c in line.split("|")[1:-1])))
+            for line in lines[2:]]
+    assert [r["P"] for r in rows] == ["500", "4,000"]
+    assert [r["search"] for r in rows] == ["exact", "ivf"]     # both search paths ran
+    for r in rows:
+        assert all(r[c] for c in COLUMNS), r
+        assert 0.95 <= float(r["neighbour recall"]) <= 1.0, r
+        parts = [float(r[c]) for c in ("graph (s)", "init (s)", "optimisation (s)")]
+        assert all(p >= 0 for p in parts)
+        assert abs(sum(parts) - float(r["total (s)"])) <= 0.2, r
+        assert 0 < int(r["steps"]) <= 1000
+        assert float(r["peak RSS (MB)"]) >= float(r["start RSS (MB)"]) > 0
+        # Small errors at 0.1 rad of distance noise, without ground-truth help (rotation
+        # + handedness), and the O(4) error is never above it.
+        rot, o4 = float(r["median E_OR rot+hand (rad)"]), float(r["median E_OR O(4) (rad)"])
+        assert rot < 0.15, r
+        assert o4 <= rot + 1e-4, r
+    assert "[SMOKE RUN]" in text
+    assert re.search(r"git commit: \S+", text)
+    assert "- machine:" in text and "- date:" in text
+    assert "- command: python benchmarks/recover.py --smoke" in text
+    assert out.read_text() == text
