@@ -81,6 +81,10 @@ def test_tiny_demo_runs_the_first_template_end_to_end(tmp_path, capsys):
         res = runs["compare with ground truth"].getResults()
         volume = os.path.abspath(runs["reconstruct (as recovered)"].outputVolume.getFileName())
         finished = {label: prot.isFinished() for label, prot in runs.items()}
+        from orientlearn.viewers.figures import protocol_figures
+        # Pixel sizes (h, w) of every figure the viewers make, at the demo's 100 dpi.
+        expected_sizes = {tuple(int(round(v * 100)) for v in fig.get_size_inches()[::-1])
+                          for prot in runs.values() for fig in protocol_figures(prot).values()}
     finally:
         os.chdir(cwd)
     assert [label for label, _ in timings] == demo.STEPS
@@ -92,4 +96,9 @@ def test_tiny_demo_runs_the_first_template_end_to_end(tmp_path, capsys):
     assert os.path.getsize(volume) > 32 ** 3 * 4
     assert len(paths) >= 10
     assert all(p.endswith(".png") and os.path.getsize(p) > 1000 for p in paths)
+    import matplotlib.image as mpimg
+    for p in paths:
+        img = mpimg.imread(p)
+        assert img.shape[:2] in expected_sizes, (p, img.shape)
+        assert img[..., :3].std() > 0.01, f"{p} is blank"
     assert (tmp_path / "figures" / "results.txt").read_text().strip() == text.strip()
