@@ -92,6 +92,15 @@ def volume_at_size(size, map_path=MAP_PATH):
     return imaging.downsample_volume(vol, size), voxel * n0 / size
 
 
+def downsampled_noise_factor(size, new_size, n_images=64, seed=0):
+    """Variance of unit white noise after ``imaging.downsample`` from ``size`` to
+    ``new_size`` px (about ``(new_size / size)^2``), measured on a fixed noise sample."""
+    if new_size == size:
+        return 1.0
+    noise = np.random.default_rng(seed).standard_normal((n_images, size, size))
+    return float(np.var(imaging.downsample(noise.astype(np.float32), new_size)))
+
+
 def support_radius(vol, rel=1e-2):
     """Radius (voxels) about the box centre enclosing the voxels above ``rel * max``."""
     n = vol.shape[0]
@@ -110,10 +119,22 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
     sim = imaging.simulate_particles(
         true_map, args.n_particles, sigma2=sigma2 or None, seed=args.seed,
         voxel_size=pixel_size, ctf=True if args.ctf_shifts else None,
-        max_shift=args.max_shift if args.ctf_shifts else 0.0, return_clean=False)
+        max_shift=args.max_shift if args.ctf_shifts else 0.0,
+        return_clean=bool(sigma2) and args.train_noise == "fresh")
     images, quats = sim["images"], sim["quaternions"]
     net_images = (imaging.downsample(images, args.net_size)
                   if args.net_size != images.shape[-1] else images)
+    # Training images: the noisy images themselves ("fixed", the paper's protocol), or the
+    # clean projections of the same training particles with fresh noise of the same level
+    # drawn for every batch ("fresh"; the training set is simulated, so its clean images
+    # exist). The noise variance is carried through the downsampling to the net's size.
+    train_images, augmentation = net_images, None
+    if sim["clean"] is not None:
+        train_images = (imaging.downsample(sim["clean"], args.net_size)
+                        if args.net_size != images.shape[-1] else sim["clean"])
+        s2_net = sigma2 * downsampled_noise_factor(images.shape[-1], args.net_size)
+        augmentation = dict(noise_variance=(s2_net, s2_net))
+        del sim["clean"]
     times["simulate"] = time.perf_counter() - t
     res["rss_simulate"] = peak_rss_mb()
     fit = slice(0, n_train + n_val)
@@ -136,7 +157,8 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
     stopped_by_time = False
     try:
         model, history = distance.train_distance_model(
-            net_images[fit], quats[fit], architecture=args.architecture,
+            train_images[fit], quats[fit], architecture=args.architecture,
+            augmentation=augmentation,
             epochs=args.epochs, batch_size=args.batch_size,
             validation_fraction=n_val / (n_train + n_val),
             steps_per_epoch=args.steps_per_epoch, seed=args.seed, progress=on_epoch,
@@ -286,6 +308,10 @@ def parse_args(argv=None):
     ap.add_argument("--ctf-shifts", action="store_true",
                     help="also apply random CTFs and shifts (corrected in reconstruction)")
     ap.add_argument("--max-shift", type=float, default=4.0, help="px, with --ctf-shifts")
+    ap.add_argument("--train-noise", choices=("fresh", "fixed"), default="fresh",
+                    help="noisy settings: train on the training particles' clean projections "
+                         "with fresh noise of the same level in every batch (default), or "
+                         "on their fixed noisy images (the paper's protocol)")
     ap.add_argument("--architecture", default="resnet", choices=distance.ARCHITECTURES)
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--n-features", type=int, default=64)
@@ -340,6 +366,7 @@ def main(argv=None):
         f"- settings: architecture {args.architecture}, width {args.width}, features "
         f"{args.n_features}, batch {args.batch_size}, epochs <= {args.epochs}, steps/epoch "
         f"{args.steps_per_epoch or 'auto'}, train budget {args.train_minutes:g} min/setting, "
+        f"training noise {args.train_noise}, "
         f"recovery steps {args.recovery_steps}, seed {args.seed}",
         f"- machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, "
         f"TensorFlow {m['tensorflow']}, GPU: {m['gpu']}",
