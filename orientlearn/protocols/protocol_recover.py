@@ -9,11 +9,13 @@ from pyworkflow.constants import PROD
 from pwem.objects import SetOfParticles
 
 from .. import convert
+from ..constants import RECOVERY_LOSSES
 from .protocol_base import OrientLearnProtBase
 
 FEATURES_FILE = "features.npy"
 RESULT_FILE = "recovered.npz"
 HISTORY_FILE = "recovery_history.json"
+EMBEDDING_FILE = "embedding.json"
 CONFIDENCE_ATTR = "_orientlearn_residual"
 
 
@@ -51,13 +53,23 @@ class OrientLearnProtRecover(OrientLearnProtBase):
                            "others. This pins the frame (no O(4) ambiguity left) so the "
                            "output can be reconstructed without ground truth. Only switch "
                            "off to reproduce the paper's setting.")
-        form.addParam("nNeighbors", params.IntParam, default=16, validators=[params.GT(0)],
+        form.addParam("nNeighbors", params.IntParam, default=32, validators=[params.GT(0)],
                       label="Neighbours per particle",
                       help="Nearest neighbours in feature space linked to each particle. "
                            "Small estimated distances are the reliable ones.")
-        form.addParam("nRandom", params.IntParam, default=4, validators=[params.GE(0)],
+        form.addParam("nRandom", params.IntParam, default=16, validators=[params.GE(0)],
                       label="Random pairs per particle",
                       help="Random far pairs per particle; they keep the global shape.")
+        form.addParam("robustLoss", params.EnumParam, default=0, choices=RECOVERY_LOSSES,
+                      display=params.EnumParam.DISPLAY_HLIST,
+                      expertLevel=params.LEVEL_ADVANCED, label="Loss on the distances",
+                      help="cauchy (default) and huber limit the pull of false neighbours "
+                           "(noisy images whose estimated distance is wrong); l2 is the "
+                           "paper's eq. 4.")
+        form.addParam("lossScale", params.FloatParam, default=0.3,
+                      validators=[params.GT(0)], expertLevel=params.LEVEL_ADVANCED,
+                      label="Loss scale (rad)",
+                      help="Residuals beyond this scale count less (cauchy, huber).")
         form.addParam("nSteps", params.IntParam, default=1500, validators=[params.GT(0)],
                       expertLevel=params.LEVEL_ADVANCED, label="Optimisation steps",
                       help="Maximum Adam steps on the sphere (stops earlier on convergence).")
@@ -96,6 +108,8 @@ class OrientLearnProtRecover(OrientLearnProtBase):
             feats.append(distance.embed(model, imaging.apply_image_transform(images, g),
                                         progress=self._progress(f"Embedding {k + 1}/{len(transforms)}", "images")))
         np.save(self._getExtraPath(FEATURES_FILE), np.stack(feats).astype(np.float32))
+        with open(self._getExtraPath(EMBEDDING_FILE), "w") as f:
+            json.dump({"head": meta.get("head", "angle")}, f)
 
     def _toModelGrid(self, images, model_obj):
         """Resample particles to the model's pixel size and box (and say so)."""
@@ -114,10 +128,14 @@ class OrientLearnProtRecover(OrientLearnProtBase):
         return images
 
     def recoverStep(self):
-        from ..core import recovery
+        from ..core import distance, recovery
         feats = np.load(self._getExtraPath(FEATURES_FILE))
+        with open(self._getExtraPath(EMBEDDING_FILE)) as f:
+            head = json.load(f)["head"]
         q, info = recovery.recover_from_features(
-            feats, self._transforms(), n_neighbors=self.nNeighbors.get(),
+            feats, self._transforms(), distance_map=lambda a: distance.angle_to_distance(a, head),
+            loss=RECOVERY_LOSSES[self.robustLoss.get()], loss_scale=self.lossScale.get(),
+            n_neighbors=self.nNeighbors.get(),
             n_random=self.nRandom.get(), n_steps=self.nSteps.get(),
             learning_rate=self.learningRate.get(), restarts=self.restarts.get(),
             seed=self.seed.get(), progress=self._progress("Recovery", "steps"))

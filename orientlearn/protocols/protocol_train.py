@@ -9,7 +9,7 @@ import pyworkflow.protocol.params as params
 from pyworkflow.constants import PROD
 
 from .. import convert
-from ..constants import ARCHITECTURES, LOSSES
+from ..constants import ARCHITECTURES, DISTANCE_HEADS, LOSSES
 from ..core import geometry
 from ..objects import DistanceModel
 from .protocol_base import OrientLearnProtBase
@@ -62,6 +62,13 @@ class OrientLearnProtTrain(OrientLearnProtBase):
                            "stem (default). paper: seven conv+max-pool blocks, 32-512 "
                            "filters, as in the paper. Both end in global average pooling "
                            "(shift-invariant, any image size).")
+        form.addParam("distanceHead", params.EnumParam, default=0, choices=DISTANCE_HEADS,
+                      display=params.EnumParam.DISPLAY_HLIST, label="Distance head",
+                      help="How the cosine c between two images' features becomes a "
+                           "distance. rotation (default): arccos((3c - 1)/2), a kernel "
+                           "that can represent the distance between orientations exactly, "
+                           "so large distances do not plateau. angle: arccos(c), the "
+                           "paper's d_f, which must underestimate large distances.")
         form.addParam("nFeatures", params.IntParam, default=64, validators=[params.GT(1)],
                       label="Feature dimension",
                       help="Length of the embedding; the paper found 16 already suffices.")
@@ -156,7 +163,7 @@ class OrientLearnProtTrain(OrientLearnProtBase):
                               noise_variance=(self.noiseMin.get(), self.noiseMax.get()),
                               max_shift=int(round(self.shiftMax.get()))),
             checkpoint_dir=self._getExtraPath("checkpoints"), seed=self.seed.get(),
-            progress=log_epoch)
+            progress=log_epoch, head=self._head())
         with open(self._getExtraPath(HISTORY_FILE), "w") as f:
             json.dump(history, f, indent=1, default=float)
         distance.save_distance_model(model, self._getExtraPath(MODEL_FILE), self._metadata(images))
@@ -186,7 +193,10 @@ class OrientLearnProtTrain(OrientLearnProtBase):
                     n_features=self.nFeatures.get(),
                     training_sets=[p.get().getNameId() if hasattr(p.get(), "getNameId")
                                    else str(p.get()) for p in self.inputParticles],
-                    n_particles=n, seed=self.seed.get())
+                    n_particles=n, seed=self.seed.get(), head=self._head())
+
+    def _head(self):
+        return DISTANCE_HEADS[self.distanceHead.get()]
 
     def _evaluate(self, model, images, quats, history):
         """Estimated vs true distances on held-out particles, for the viewer (paper Fig. 6)."""
@@ -198,7 +208,7 @@ class OrientLearnProtTrain(OrientLearnProtBase):
         sel = rng.choice(len(imgs), size=min(len(imgs), 400), replace=False)
         feats = distance.embed(model, imgs[sel])
         a, b = np.triu_indices(len(sel), k=1)
-        d_est = distance.feature_distance(feats[a], feats[b])
+        d_est = distance.feature_distance(feats[a], feats[b], self._head())
         group = geometry.symmetry_group(self.symmetryGroup.get())
         d_true = geometry.symmetric_distance(q[sel][a], q[sel][b], group)
         np.savez(self._getExtraPath(EVALUATION_FILE), d_true=d_true, d_est=d_est)

@@ -106,6 +106,26 @@ def test_feature_distance_range_and_matrix():
     np.testing.assert_allclose(dtf.numpy(), dist.feature_distance(f[:5], f[5:10]), atol=2e-3)
 
 
+def test_rotation_head_is_exact_on_rotation_matrix_features():
+    """Features vec(R) / sqrt(3) have cosine tr(R_i^T R_j) / 3 = (1 + 2 cos d_q) / 3: the
+    'rotation' head turns them into d_q exactly (no plateau); the 'angle' head cannot."""
+    q = geometry.uniform_quaternions(300, seed=4)
+    f = geometry.quaternion_to_matrix(q).reshape(-1, 9) / np.sqrt(3)
+    d_true = geometry.distance(q[:, None], q[None])
+    d_rot = dist.distance_matrix(f, head="rotation")
+    np.testing.assert_allclose(d_rot, d_true, atol=2e-3)
+    assert np.abs(dist.distance_matrix(f, head="angle") - d_true).max() > 0.5
+    c = np.array([1.0, 1 / 3, -1 / 3, -0.9])
+    np.testing.assert_allclose(dist.cosine_to_distance(c, "rotation"), [0, np.pi / 2, np.pi, np.pi])
+    np.testing.assert_allclose(dist.angle_to_distance(np.arccos(c), "angle"), np.arccos(c))
+    import tensorflow as tf
+    a, b = tf.constant(f[:50], tf.float32), tf.constant(f[50:100], tf.float32)
+    np.testing.assert_allclose(dist.feature_distance_tf(a, b, head="rotation").numpy(),
+                               dist.feature_distance(f[:50], f[50:100], "rotation"), atol=3e-3)
+    with pytest.raises(ValueError):
+        dist.cosine_to_distance(c, "euclid")
+
+
 @pytest.mark.parametrize("sym", ["C1", "D2", "C3"])
 def test_symmetric_distance_tf_matches_geometry(sym):
     import tensorflow as tf
@@ -178,18 +198,20 @@ def projections(volume):
     return project(volume, q).astype(np.float32), q
 
 
-def test_training_beats_constant_predictor(projections):
+@pytest.mark.parametrize("head", ["angle", "rotation"])
+def test_training_beats_constant_predictor(projections, head):
     imgs, q = projections
     model, hist = dist.train_distance_model(
         imgs, q, architecture="resnet", n_features=16, width=8, epochs=4, batch_size=32,
-        steps_per_epoch=50, learning_rate=3e-3, patience=None, seed=0)
+        steps_per_epoch=50, learning_rate=3e-3, patience=None, seed=0, head=head)
     base = hist["val_constant_baseline"]
     assert np.isfinite(base) and base > 0
     assert min(hist["val_loss"]) < 0.6 * base, (hist["val_loss"], base)
     assert len(hist["loss"]) == 4 and all(p > 0 for p in hist["pairs_per_s"])
     # The model's own distances: an image vs its mirror is far, vs itself zero.
-    d_self = dist.estimate_distances(model, imgs[:20], imgs[:20])
-    d_mirror = dist.estimate_distances(model, imgs[:20], dist.mirror_images(imgs[:20]))
+    d_self = dist.estimate_distances(model, imgs[:20], imgs[:20], head=head)
+    d_mirror = dist.estimate_distances(model, imgs[:20], dist.mirror_images(imgs[:20]),
+                                       head=head)
     assert d_self.max() < 1e-3
     assert np.median(d_mirror) > 1.0
 
