@@ -319,7 +319,7 @@ def parse_args(argv=None):
     ap.add_argument("--architecture", default="resnet", choices=distance.ARCHITECTURES)
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--n-features", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--steps-per-epoch", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--train-minutes", type=float, default=20.0,
