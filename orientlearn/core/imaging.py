@@ -20,8 +20,11 @@ CTF sign convention (Relion's, "particles are white"): ``CTF(k) = sin(chi(k))`` 
 ``CTF(0) = A`` (the amplitude contrast, > 0) and the CTF is positive over its first lobe
 for an underfocused image (``df > 0``).
 """
+import concurrent.futures
 import dataclasses
+import functools
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -122,6 +125,29 @@ def _as_matrices(rotations):
 
 def _centred_coords(n):
     return np.arange(n) - n // 2
+
+
+def _n_threads():
+    """CPU cores this process may use (``sched_getaffinity``), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _run_chunks(total, chunk, fn, threads=None):
+    """Call ``fn(b0, b1)`` for the chunks ``[b0, b1)`` of ``range(total)`` of at most ``chunk``
+    items, on up to ``threads`` (default ``_n_threads()``) threads; ``fn`` must write
+    disjoint outputs (numpy and scipy.fft release the GIL on large arrays)."""
+    starts = range(0, total, max(1, int(chunk)))
+    threads = min(threads or _n_threads(), len(starts))
+    if threads <= 1:
+        for b0 in starts:
+            fn(b0, min(total, b0 + chunk))
+        return
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(lambda b0: fn(b0, min(total, b0 + chunk)), starts):
+            pass
 
 
 # ----------------------------------------------------------------- Fourier-slice projector
@@ -418,12 +444,92 @@ def electron_wavelength(voltage_kv):
     return 12.2642598 / np.sqrt(v * (1.0 + 0.978466e-6 * v))
 
 
-def _freq_grid(size, pixel_size):
-    """``(k^2, angle)`` of the ``fft2`` frequencies of a ``size`` x ``size`` image with pixel
-    ``pixel_size`` Angstrom: ``k`` in 1/Angstrom, angle = atan2(ky, kx) in radians."""
+def _ctf_axes(size, pixel_size, half):
+    """Frequencies (1/Angstrom, float64) of a ``size`` x ``size`` image's rows (``ky =
+    fftfreq(size)``) and columns: ``kx = fftfreq(size)`` (``fft2`` layout) or, if ``half``,
+    its first ``size // 2 + 1`` entries (the ``rfft2`` half plane; the Nyquist column of
+    an even size keeps ``kx = -1 / 2 pixel``, as a slice of the full grid would)."""
     f = sfft.fftfreq(size, d=pixel_size)
-    ky, kx = f[:, None], f[None, :]
-    return kx ** 2 + ky ** 2, np.arctan2(ky, kx)
+    return f, (f[: size // 2 + 1] if half else f)
+
+
+@functools.lru_cache(maxsize=16)
+def _ctf_static_terms(size, pixel_size, half, voltage, cs, b_factor):
+    """The image-independent parts of the CTF on the grid of ``_ctf_axes``, cached and
+    read-only: the spherical-aberration phase ``-pi/2 Cs lambda^3 k^4`` reduced modulo
+    ``2 pi`` to ``[-pi, pi]`` (computed in float64, stored float32, ``(rows, columns)``),
+    and the envelope ``exp(-B k^2 / 4)`` (float32, same shape; None if ``b_factor`` is 0)."""
+    ky, kx = _ctf_axes(size, pixel_size, half)
+    k2 = kx[None, :] ** 2 + ky[:, None] ** 2
+    lam = float(electron_wavelength(voltage))
+    turns = (-0.25 * cs * 1e7 * lam ** 3) * k2 ** 2
+    cs_phase = (2.0 * np.pi * (turns - np.rint(turns))).astype(np.float32)
+    env = np.exp(-b_factor * k2 / 4.0).astype(np.float32) if b_factor else None
+    for a in (cs_phase, env):
+        if a is not None:
+            a.flags.writeable = False
+    return cs_phase, env
+
+
+class _CTFMaker:
+    """CTFs ``sin(chi)`` of a batch of images on the full (``fft2``) or half (``rfft2``)
+    frequency grid of a ``size`` box; the arguments after ``half`` are those of
+    ``ctf_2d_batch``.
+
+    The defocus phase is a quadratic form, ``pi lambda df k^2 = 2 pi (A kx^2 + B ky^2 +
+    C kx ky)`` with ``A, B = lambda / 2 (mean df +- (du - dv) / 2 cos 2a)`` and ``C =
+    lambda (du - dv) / 2 sin 2a``: the ``kx^2`` and ``ky^2`` terms (the large ones, with
+    the constant phase ``phase_shift + arcsin A`` in the ``ky`` one) are computed per row
+    and per column in float64 and reduced modulo ``2 pi`` before the float32 grid sum, the
+    small cross term is an outer product in float32, the ``Cs`` term comes reduced from
+    ``_ctf_static_terms``. So the phase is accurate to ~1e-6 rad however large ``chi``
+    gets (e.g. at 1 A pixels), at float32 speed; ``fill(b0, b1, out)`` writes the CTFs of
+    images ``b0:b1`` into ``out`` float32 ``(b1 - b0, rows * columns)``; thread-safe.
+    """
+
+    def __init__(self, size, pixel_size, half, defocus_u, defocus_v, astig_angle, voltage=300.0,
+                 cs=2.7, amplitude_contrast=0.1, phase_shift=0.0, b_factor=0.0):
+        du, dv, ang, ps = np.broadcast_arrays(
+            *[np.atleast_1d(np.asarray(a, dtype=np.float64))
+              for a in (defocus_u, defocus_v, astig_angle, phase_shift)])
+        if du.ndim != 1:
+            raise ValueError("CTF parameters must be scalars or 1-D arrays")
+        size, pixel_size, half = int(size), float(pixel_size), bool(half)
+        self.ky, self.kx = _ctf_axes(size, pixel_size, half)
+        self.ky2, self.kx2 = self.ky ** 2, self.kx ** 2
+        self.ky32 = self.ky.astype(np.float32)
+        self.shape = (len(self.ky), len(self.kx))
+        self.cs_phase, self.env = _ctf_static_terms(size, pixel_size, half, float(voltage),
+                                                    float(cs), float(b_factor))
+        lam = float(electron_wavelength(voltage))
+        w_amp = float(np.arcsin(np.clip(amplitude_contrast, 0.0, 1.0)))
+        mean, half_astig = 0.5 * (du + dv), 0.5 * (du - dv)
+        self.cx = 0.5 * lam * (mean + half_astig * np.cos(2.0 * ang))   # turns per kx^2
+        self.cy = 0.5 * lam * (mean - half_astig * np.cos(2.0 * ang))   # turns per ky^2
+        self.cxy = lam * half_astig * np.sin(2.0 * ang)                 # turns per kx ky
+        self.c0 = (ps + w_amp) / (2.0 * np.pi)                          # turns
+        self.m = len(du)
+
+    @staticmethod
+    def _reduced_phase(turns):
+        return (2.0 * np.pi * (turns - np.rint(turns))).astype(np.float32)
+
+    def fill(self, b0, b1, out):
+        k = b1 - b0
+        rows, cols = self.shape
+        ux = self._reduced_phase(self.cx[b0:b1, None] * self.kx2)              # (k, cols)
+        vy = self._reduced_phase(self.cy[b0:b1, None] * self.ky2 + self.c0[b0:b1, None])
+        o = out[:k].reshape(k, rows, cols)
+        np.add(vy[:, :, None], ux[:, None, :], out=o)
+        cxy = self.cxy[b0:b1]
+        if np.any(cxy != 0):
+            wx = ((2.0 * np.pi) * cxy[:, None] * self.kx).astype(np.float32)  # (k, cols)
+            o += self.ky32[None, :, None] * wx[:, None, :]
+        o += self.cs_phase
+        np.sin(o, out=o)
+        if self.env is not None:
+            o *= self.env
+        return out[:k]
 
 
 def ctf_2d_batch(size, pixel_size, defocus_u, defocus_v, astig_angle, voltage=300.0,
@@ -435,22 +541,17 @@ def ctf_2d_batch(size, pixel_size, defocus_u, defocus_v, astig_angle, voltage=30
     mm; ``amplitude_contrast`` in [0, 1); ``phase_shift`` radians; ``b_factor`` A^2
     (envelope ``exp(-B k^2 / 4)``); ``pixel_size`` Angstrom. Scalars broadcast.
     ``CTF = sin(chi)``, ``chi = pi lambda df k^2 - pi/2 Cs lambda^3 k^4 + phase_shift +
-    arcsin(A)`` (Relion's sign: ``CTF(0) = A``).
+    arcsin(A)`` (Relion's sign: ``CTF(0) = A``). Evaluated in float32 with the large
+    phase terms reduced modulo ``2 pi`` in float64 first (``_CTFMaker``): within ~1e-6 of
+    the float64 formula for any pixel size and defocus.
     """
-    du, dv, ang, ps = np.broadcast_arrays(*[np.atleast_1d(np.asarray(a, dtype=np.float64))
-                                            for a in (defocus_u, defocus_v, astig_angle, phase_shift)])
-    k2, theta = _freq_grid(size, pixel_size)
-    lam = electron_wavelength(voltage)
-    cs_a = cs * 1e7
-    w_amp = np.arcsin(np.clip(amplitude_contrast, 0.0, 1.0))
-    df = (0.5 * (du + dv)[:, None, None]
-          + 0.5 * (du - dv)[:, None, None] * np.cos(2.0 * (theta[None] - ang[:, None, None])))
-    chi = (np.pi * lam * df * k2 - 0.5 * np.pi * cs_a * lam ** 3 * k2 ** 2
-           + (ps[:, None, None] + w_amp))
-    ctf = np.sin(chi)
-    if b_factor:
-        ctf *= np.exp(-b_factor * k2 / 4.0)
-    return ctf.astype(np.float32)
+    maker = _CTFMaker(size, pixel_size, False, defocus_u, defocus_v, astig_angle, voltage, cs,
+                      amplitude_contrast, phase_shift, b_factor)
+    out = np.empty((maker.m, size, size), dtype=np.float32)
+    flat = out.reshape(maker.m, -1)
+    _run_chunks(maker.m, max(1, (1 << 19) // max(1, size * size)),
+                lambda b0, b1: maker.fill(b0, b1, flat[b0:b1]))
+    return out
 
 
 def ctf_2d(size, pixel_size, defocus_u, defocus_v, astig_angle, voltage=300.0, cs=2.7,
@@ -502,29 +603,78 @@ def _filter_padded(images, shifts=None, ctf_params=None, pixel_size=1.0, pad_siz
     """Shift (``S_t``) and CTF (``C_phi``) on zero-padded images, then crop: no wrap-around.
 
     ``images`` ``(M, N, N)``; ``shifts`` ``(M, 2)`` pixels; ``ctf_params``: keywords of
-    ``ctf_2d_batch`` with per-image arrays; ``pad_size``: padded box (default ~2N)."""
+    ``ctf_2d_batch`` with per-image arrays; ``pad_size``: padded box (default ~2N).
+
+    The result is that of ``rfft2`` of the image zero-padded to ``pad_size`` (centre
+    ``N // 2`` on ``pad_size // 2``, then ``ifftshift``ed), times the phase ramp and the
+    CTF, ``irfft2``, ``fftshift``, centred crop; computed without the zero rows and
+    columns: the ``N`` image rows go through a real FFT along x, the half plane through
+    a complex FFT along y (and back), and only the ``N`` rows kept by the crop through
+    the inverse real FFT. The shift ramp is separable (``exp(-2 pi i tx kx)`` on the
+    x-transformed rows, ``exp(-2 pi i ty ky)`` with the CTF); images are processed in
+    small chunks on ``_n_threads()`` threads (results do not depend on either)."""
     images = np.asarray(images, dtype=np.float32)
     m, n = images.shape[0], images.shape[-1]
+    if images.shape[1:] != (n, n):
+        raise ValueError(f"images must be (M, N, N), got {images.shape}")
     if pad_size is None:
         extra = 0 if shifts is None else int(np.ceil(np.abs(shifts).max(initial=0)))
         pad_size = _even_fast_len(2 * n if ctf_params is not None else n + 2 * extra + 2)
-    o = pad_size // 2 - n // 2
-    big = np.zeros((m, pad_size, pad_size), dtype=np.float32)
-    big[:, o:o + n, o:o + n] = images
-    # centre at index 0, so the phase ramp / CTF act about the box centre
-    f = sfft.rfft2(sfft.ifftshift(big, axes=(-2, -1)), workers=-1)
-    del big
+    P = int(pad_size)
+    if P < n:
+        raise ValueError(f"pad_size {P} is smaller than the image size {n}")
+    h = P // 2 + 1
+    c = n // 2                      # image index j -> padded, ifftshifted index (j - c) mod P
+    r = n - c
+    out = np.empty((m, n, n), dtype=np.float32)
+    if m == 0:
+        return out
     if shifts is not None:
         shifts = np.asarray(shifts, dtype=np.float64).reshape(m, 2)
-        ky = sfft.fftfreq(pad_size)[:, None]
-        kx = sfft.rfftfreq(pad_size)[None, :]
-        ramp = np.exp(-2j * np.pi * (shifts[:, 0, None, None] * kx + shifts[:, 1, None, None] * ky))
-        f *= ramp.astype(np.complex64)
-    if ctf_params is not None:
-        ctf = ctf_2d_batch(pad_size, pixel_size, **ctf_params)
-        f *= ctf[..., : pad_size // 2 + 1]
-    out = sfft.fftshift(sfft.irfft2(f, s=(pad_size, pad_size), workers=-1), axes=(-2, -1))
-    return np.ascontiguousarray(out[:, o:o + n, o:o + n], dtype=np.float32)
+        kx = sfft.rfftfreq(P)
+        ky = sfft.fftfreq(P)
+    maker = None if ctf_params is None else _CTFMaker(P, pixel_size, True, **ctf_params)
+    if maker is not None and maker.m not in (1, m):
+        raise ValueError(f"ctf_params have {maker.m} values per parameter for {m} images")
+    shared_ctf = None                 # one CTF for all images (scalar parameters)
+    if maker is not None and maker.m == 1:
+        shared_ctf = maker.fill(0, 1, np.empty((1, P * h), dtype=np.float32))
+    chunk = max(1, min(m, (1 << 18) // (P * h)))     # ~2 MB of spectra a chunk
+
+    local = threading.local()           # per-thread buffers, zero where the padding is
+
+    def work(b0, b1):
+        k = b1 - b0
+        if getattr(local, "row", None) is None:
+            local.row = np.zeros((chunk, n, P), dtype=np.float32)
+            local.f = np.zeros((chunk, P, h), dtype=np.complex64)
+            local.ctf = None if maker is None else np.empty((chunk, P * h), dtype=np.float32)
+        src = images[b0:b1]
+        row = local.row[:k]
+        row[:, :, :r] = src[:, :, c:]
+        row[:, :, P - c:] = src[:, :, :c]
+        fx = sfft.rfft(row, axis=-1, workers=1)                   # (k, N, h) complex64
+        if shifts is not None:
+            fx *= np.exp((-2j * np.pi) * shifts[b0:b1, 0, None] * kx).astype(np.complex64)[:, None, :]
+        f = local.f[:k]
+        f[:, :r] = fx[:, c:]
+        f[:, r:P - c] = 0
+        f[:, P - c:] = fx[:, :c]
+        del fx
+        f = sfft.fft(f, axis=-2, workers=1, overwrite_x=True)
+        if maker is not None:
+            ctf = shared_ctf if shared_ctf is not None else maker.fill(b0, b1, local.ctf)
+            f *= ctf.reshape(-1, P, h)
+        if shifts is not None:
+            f *= np.exp((-2j * np.pi) * shifts[b0:b1, 1, None] * ky).astype(np.complex64)[:, :, None]
+        f = sfft.ifft(f, axis=-2, workers=1, overwrite_x=True)
+        kept = np.concatenate([f[:, P - c:], f[:, :r]], axis=1)   # the N rows of the crop
+        res = sfft.irfft(kept, n=P, axis=-1, workers=1)           # (k, N, P) float32
+        out[b0:b1, :, :c] = res[:, :, P - c:]
+        out[b0:b1, :, c:] = res[:, :, :r]
+
+    _run_chunks(m, chunk, work)
+    return out
 
 
 def shift_images(images, shifts):

@@ -281,6 +281,142 @@ def test_sample_ctf_params():
     np.testing.assert_array_equal(p["defocus_u"], q["defocus_u"])
 
 
+def _ctf_reference(size, pix, du, dv, ang, voltage=300.0, cs=2.7, amp=0.1, ps=0.0, bf=0.0):
+    """The CTF formula of ``ctf_2d_batch`` evaluated directly in float64 (atan2 angles)."""
+    f = np.fft.fftfreq(size, d=pix)
+    ky, kx = f[:, None], f[None, :]
+    k2, theta = kx ** 2 + ky ** 2, np.arctan2(ky, kx)
+    du, dv, ang, ps = np.broadcast_arrays(*[np.atleast_1d(np.asarray(a, np.float64))
+                                            for a in (du, dv, ang, ps)])
+    lam = imaging.electron_wavelength(voltage)
+    df = (0.5 * (du + dv)[:, None, None]
+          + 0.5 * (du - dv)[:, None, None] * np.cos(2.0 * (theta - ang[:, None, None])))
+    chi = (np.pi * lam * df * k2 - 0.5 * np.pi * cs * 1e7 * lam ** 3 * k2 ** 2
+           + ps[:, None, None] + np.arcsin(amp))
+    return np.sin(chi) * np.exp(-bf * k2 / 4.0)
+
+
+@pytest.mark.parametrize("size, pix, df, astig", [(96, 3.667, 2e4, 500.0), (77, 1.0, 5e4, 3000.0),
+                                                  (256, 0.8, 4e4, 1000.0)])
+def test_ctf_2d_batch_matches_float64_formula(size, pix, df, astig):
+    # The fast CTF reduces the large phase terms modulo 2 pi in float64 before the float32
+    # grid sum: it must stay accurate when chi reaches hundreds of radians (small pixels).
+    rng = np.random.default_rng(1)
+    m = 5
+    mean = df * rng.uniform(0.5, 1.0, m)
+    a = astig * rng.uniform(-1.0, 1.0, m)
+    ang = rng.uniform(0.0, np.pi, m)
+    ps = rng.uniform(0.0, 1.0, m)
+    kw = dict(voltage=200.0, cs=1.4, amplitude_contrast=0.07)
+    got = imaging.ctf_2d_batch(size, pix, mean + a / 2, mean - a / 2, ang, phase_shift=ps,
+                               b_factor=40.0, **kw)
+    ref = _ctf_reference(size, pix, mean + a / 2, mean - a / 2, ang, 200.0, 1.4, 0.07, ps, 40.0)
+    assert got.shape == (m, size, size) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=3e-6, rtol=0)
+    # one image at a time gives the same as the batch; scalars broadcast
+    np.testing.assert_array_equal(imaging.ctf_2d(size, pix, mean[2] + a[2] / 2, mean[2] - a[2] / 2,
+                                                 ang[2], phase_shift=ps[2], b_factor=40.0, **kw),
+                                  got[2])
+    one = imaging.ctf_2d_batch(size, pix, 2e4, 2e4, 0.0, **kw)
+    np.testing.assert_allclose(one[0], _ctf_reference(size, pix, 2e4, 2e4, 0.0, 200.0, 1.4, 0.07)[0],
+                               atol=3e-6, rtol=0)
+
+
+@pytest.mark.parametrize("size", [64, 65])
+def test_ctf_half_plane_is_slice_of_full_grid(size):
+    # _filter_padded's CTF on the rfft2 half plane is the first size // 2 + 1 columns of
+    # ctf_2d_batch's fft2 layout (the Nyquist column of an even size included).
+    p = imaging.sample_ctf_params(4, seed=3, astigmatism=(0, 2000))
+    maker = imaging._CTFMaker(size, 2.0, True, **p)
+    assert maker.shape == (size, size // 2 + 1)
+    half = maker.fill(0, 4, np.empty((4, size * (size // 2 + 1)), np.float32))
+    full = imaging.ctf_2d_batch(size, 2.0, **p)
+    np.testing.assert_allclose(half.reshape(4, size, -1), full[..., : size // 2 + 1], atol=1e-6)
+    # images b0:b1 of a batch are the same whatever the batch
+    part = maker.fill(1, 3, np.empty((2, size * (size // 2 + 1)), np.float32))
+    np.testing.assert_array_equal(part, half[1:3])
+
+
+def _filter_padded_reference(images, shifts=None, ctf_params=None, pixel_size=1.0, pad_size=None):
+    """The direct computation: full padded box, rfft2, 2-D ramp, full-grid CTF, irfft2."""
+    images = np.asarray(images, dtype=np.float64)
+    m, n = images.shape[0], images.shape[-1]
+    if pad_size is None:
+        extra = 0 if shifts is None else int(np.ceil(np.abs(shifts).max(initial=0)))
+        pad_size = imaging._even_fast_len(2 * n if ctf_params is not None else n + 2 * extra + 2)
+    o = pad_size // 2 - n // 2
+    big = np.zeros((m, pad_size, pad_size))
+    big[:, o:o + n, o:o + n] = images
+    f = np.fft.rfft2(np.fft.ifftshift(big, axes=(-2, -1)))
+    if shifts is not None:
+        shifts = np.asarray(shifts, dtype=np.float64).reshape(m, 2)
+        ky = np.fft.fftfreq(pad_size)[:, None]
+        kx = np.fft.rfftfreq(pad_size)[None, :]
+        f *= np.exp(-2j * np.pi * (shifts[:, 0, None, None] * kx + shifts[:, 1, None, None] * ky))
+    if ctf_params is not None:
+        p = dict(ctf_params)
+        f *= _ctf_reference(pad_size, pixel_size, p.pop("defocus_u"), p.pop("defocus_v"),
+                            p.pop("astig_angle"), p.get("voltage", 300.0), p.get("cs", 2.7),
+                            p.get("amplitude_contrast", 0.1), p.get("phase_shift", 0.0),
+                            p.get("b_factor", 0.0))[..., : pad_size // 2 + 1]
+    out = np.fft.fftshift(np.fft.irfft2(f, s=(pad_size, pad_size)), axes=(-2, -1))
+    return out[:, o:o + n, o:o + n]
+
+
+@pytest.mark.parametrize("n, pad_size", [(32, None), (33, None), (20, 47), (21, 21)])
+def test_filter_padded_matches_direct_computation(n, pad_size):
+    rng = np.random.default_rng(n)
+    m = 7
+    imgs = rng.standard_normal((m, n, n)).astype(np.float32)
+    shifts = rng.uniform(-3.5, 3.5, (m, 2))
+    p = imaging.sample_ctf_params(m, seed=n, defocus_range=(5e3, 2e4), astigmatism=(0, 1500))
+    p["phase_shift"] = 0.3
+    p["b_factor"] = 20.0
+    scalar = dict(defocus_u=1.2e4, defocus_v=1.1e4, astig_angle=0.4)
+    for kw in (dict(shifts=shifts), dict(ctf_params=p), dict(shifts=shifts, ctf_params=p),
+               dict(ctf_params=scalar)):
+        got = imaging._filter_padded(imgs, pixel_size=2.5, pad_size=pad_size, **kw)
+        ref = _filter_padded_reference(imgs, pixel_size=2.5, pad_size=pad_size, **kw)
+        assert got.shape == (m, n, n) and got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, atol=2e-5 * np.abs(ref).max(), rtol=0)
+
+
+def test_filter_padded_chunks_and_threads_do_not_change_results(monkeypatch):
+    # many small images: several chunks (buffers reused), on several threads, and images
+    # done one at a time (16 px: a 32 px padded box, ~480 images a chunk)
+    rng = np.random.default_rng(5)
+    m, n = 1100, 16
+    imgs = rng.standard_normal((m, n, n)).astype(np.float32)
+    shifts = rng.uniform(-2, 2, (m, 2))
+    p = imaging.sample_ctf_params(m, seed=5)
+    monkeypatch.setattr(imaging, "_n_threads", lambda: 2)
+    many = imaging._filter_padded(imgs, shifts=shifts, ctf_params=p, pixel_size=4.0)
+    for i in (0, 500, 1099):
+        one = imaging._filter_padded(imgs[i:i + 1], shifts=shifts[i:i + 1], pixel_size=4.0,
+                                     ctf_params={k: (v[i:i + 1] if np.ndim(v) else v)
+                                                 for k, v in p.items()})
+        np.testing.assert_allclose(many[i], one[0], atol=1e-6)
+    monkeypatch.setattr(imaging, "_n_threads", lambda: 1)
+    np.testing.assert_array_equal(
+        imaging._filter_padded(imgs, shifts=shifts, ctf_params=p, pixel_size=4.0), many)
+    with pytest.raises(ValueError):
+        imaging._filter_padded(imgs, ctf_params={k: (v[:5] if np.ndim(v) else v)
+                                                 for k, v in p.items()})
+
+
+@pytest.mark.parametrize("total, chunk, threads", [(0, 4, 2), (1, 4, 2), (10, 3, 2), (10, 3, 1),
+                                                   (9, 3, 4), (5, 100, 2)])
+def test_run_chunks_covers_each_item_once(total, chunk, threads):
+    seen = np.zeros(total, int)
+
+    def fn(b0, b1):
+        assert 0 < b1 - b0 <= chunk
+        seen[b0:b1] += 1
+
+    imaging._run_chunks(total, chunk, fn, threads=threads)
+    np.testing.assert_array_equal(seen, 1)
+
+
 # -------------------------------------------------------------------------------- noise
 
 def test_noise_variance_and_snr_round_trip():
