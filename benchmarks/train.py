@@ -54,7 +54,7 @@ for p in (REPO, HERE):
 import numpy as np  # noqa: E402
 
 from orientlearn.core import distance, geometry, imaging  # noqa: E402
-from paper import (MAP_PATH, git_commit, machine_description, peak_rss_mb,  # noqa: E402
+from paper import (MAP_PATH, downsampled_noise_factor, git_commit, machine_description, peak_rss_mb,  # noqa: E402
                    split_sizes, volume_at_size)
 
 #: The issue's targets: validation MAE of d_hat (rad) by sigma^2 (the paper's values),
@@ -69,18 +69,23 @@ class _TimeUp(Exception):
     """Raised from the training progress callback when the time budget is spent."""
 
 
-def simulate_like_paper(args, sigma2, true_map, pixel_size):
+def simulate_like_paper(args, sigma2, true_map, pixel_size, with_clean=False):
     """The particles of ``benchmarks/paper.py``'s ``run_setting``: the SAME
     ``simulate_particles`` call (seed, noise, CTF/shifts options) and the same
-    downsampling for the network. Returns ``(net_images, quaternions)``."""
+    downsampling for the network. Returns ``(net_images, quaternions, net_clean)``;
+    ``net_clean`` (the images before noise, for training with fresh noise as paper.py
+    does) is None unless ``with_clean`` and ``sigma2``."""
     sim = imaging.simulate_particles(
         true_map, args.n_particles, sigma2=sigma2 or None, seed=args.seed,
         voxel_size=pixel_size, ctf=True if args.ctf_shifts else None,
-        max_shift=args.max_shift if args.ctf_shifts else 0.0, return_clean=False)
+        max_shift=args.max_shift if args.ctf_shifts else 0.0,
+        return_clean=bool(with_clean and sigma2))
     images, quats = sim["images"], sim["quaternions"]
-    net_images = (imaging.downsample(images, args.net_size)
-                  if args.net_size != images.shape[-1] else images)
-    return net_images, quats
+
+    def to_net(x):
+        return imaging.downsample(x, args.net_size) if args.net_size != x.shape[-1] else x
+    clean = None if sim["clean"] is None else to_net(sim["clean"])
+    return to_net(images), quats, clean
 
 
 def paper_split(n, seed):
@@ -103,10 +108,10 @@ def random_pairs(n, n_pairs, rng):
     return i, j + (j >= i)
 
 
-def pair_metrics(features, quats, n_pairs, seed):
+def pair_metrics(features, quats, n_pairs, seed, head="angle"):
     """d_hat vs d_q on random pairs: overall numbers and per-bin numbers."""
     i, j = random_pairs(len(features), n_pairs, np.random.default_rng(seed))
-    d_hat = distance.feature_distance(features[i], features[j])
+    d_hat = distance.feature_distance(features[i], features[j], head)
     d_q = geometry.distance(quats[i], quats[j])
     err = d_hat - d_q
     w = 1.0 / np.maximum(1.0 - np.cos(d_q), 1.0 - np.cos(MIN_WEIGHT_DISTANCE))
@@ -122,10 +127,12 @@ def pair_metrics(features, quats, n_pairs, seed):
         mae=float(np.abs(err).mean()),
         mae_uniform=float(np.sum(widths[full] * mae_bin[full]) / widths[full].sum()),
         l_de=float(np.sum(w * err ** 2) / w.sum()),
-        # Any d_hat that is the angle between feature vectors has mean cos >= -1 / (n - 1)
-        # over all pairs of n particles, while random SO(3) pairs have E[cos d_q] = -1/2;
-        # as |cos a - cos b| <= |a - b|, the MAE over (all / random) pairs is at least:
-        mae_floor=max(0.0, -float(np.mean(np.cos(d_q))) - 1.0 / (len(features) - 1)),
+        # Any d_hat that is the angle between feature vectors ('angle' head) has mean
+        # cos >= -1 / (n - 1) over all pairs of n particles, while random SO(3) pairs have
+        # E[cos d_q] = -1/2; as |cos a - cos b| <= |a - b|, the MAE over (all / random)
+        # pairs is at least this. The 'rotation' head has no such floor.
+        mae_floor=(max(0.0, -float(np.mean(np.cos(d_q))) - 1.0 / (len(features) - 1))
+                   if head == "angle" else 0.0),
         edges=edges, count=count, mae_bin=mae_bin, bias_bin=bias_bin)
 
 
@@ -145,7 +152,7 @@ def measure_throughput(args, images, quats, architecture, n_features, width, lik
     return h["pairs_per_s"][-1], h["images_per_s"][-1]
 
 
-def train(args, images, quats, n_val, log):
+def train(args, images, quats, n_val, log, augmentation=None):
     """Train as paper.py does (on train + validation). Returns ``(model, info)``."""
     t = time.perf_counter()
     deadline = t + 60.0 * args.train_minutes if args.train_minutes else None
@@ -166,7 +173,7 @@ def train(args, images, quats, n_val, log):
             images, quats, architecture=args.architecture, epochs=args.epochs,
             batch_size=args.batch_size, validation_fraction=n_val / len(images),
             steps_per_epoch=args.steps_per_epoch, seed=args.seed, progress=on_epoch,
-            model=model)
+            model=model, head=args.head, augmentation=augmentation)
         info["l_de_train_val"] = history["best_val_loss"]
         info["epochs"] = f"{len(history['loss'])} (best {history['best_epoch'] + 1})"
         info["stopped_by_time"] = False
@@ -184,7 +191,8 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
     n_train, n_val, n_test = split_sizes(args.n_particles)
     res["split"] = f"{n_train} / {n_val} / {n_test}"
     t = time.perf_counter()
-    images, quats = simulate_like_paper(args, sigma2, true_map, pixel_size)
+    images, quats, clean = simulate_like_paper(args, sigma2, true_map, pixel_size,
+                                               with_clean=not args.model)
     res["t_simulate"] = time.perf_counter() - t
     train_idx, val_idx, test_idx = paper_split(args.n_particles, args.seed)
     fit = slice(0, n_train + n_val)
@@ -197,6 +205,7 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
         width = None      # the throughput network is a clone of the model's
         res["model"] = f"loaded `{args.model}` (not trained here)"
         res["meta"] = meta
+        args.head = meta.get("head", "angle")
     else:
         arch, n_features, width = args.architecture, args.n_features, args.width
         model = None
@@ -213,7 +222,13 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
     res["train_estimate"] = args.epochs * steps * args.batch_size / res["images_per_s"]
     res["train_steps"] = f"{args.epochs} epochs × {steps} steps × {args.batch_size} images"
     if model is None:
-        model, info = train(args, images[fit], quats[fit], n_val, log)
+        # As paper.py: noisy settings train on the clean images with fresh noise per batch.
+        augmentation = None
+        if clean is not None:
+            s2_net = sigma2 * downsampled_noise_factor(args.size, args.net_size)
+            augmentation = dict(noise_variance=(s2_net, s2_net))
+        model, info = train(args, (images if clean is None else clean)[fit], quats[fit],
+                            n_val, log, augmentation)
         res.update(info)
         res["model"] = f"trained here, epochs: {info['epochs']}"
         if args.save_model:
@@ -221,7 +236,7 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
                                 f"5j0n_sigma2_{sigma2:g}_{args.net_size}px.keras")
             distance.save_distance_model(model, path, dict(
                 image_size=args.net_size, pixel_size=pixel_size * args.size / args.net_size,
-                architecture=args.architecture, symmetry="C1", sigma2=sigma2,
+                architecture=args.architecture, symmetry="C1", sigma2=sigma2, head=args.head,
                 source="benchmarks/train.py", seed=args.seed, n_particles=args.n_particles))
             res["model"] += f", saved to `{path}`"
 
@@ -229,8 +244,8 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
     f_val = distance.embed(model, images[val_idx])
     f_test = distance.embed(model, images[test_idx])
     res["t_embed"] = time.perf_counter() - t
-    res["val"] = pair_metrics(f_val, quats[val_idx], args.pairs, [args.seed, 7])
-    res["test"] = pair_metrics(f_test, quats[test_idx], args.pairs, [args.seed, 8])
+    res["val"] = pair_metrics(f_val, quats[val_idx], args.pairs, [args.seed, 7], args.head)
+    res["test"] = pair_metrics(f_test, quats[test_idx], args.pairs, [args.seed, 8], args.head)
     log(f"  MAE val {res['val']['mae']:.3f} / test {res['test']['mae']:.3f} rad")
     if args.plot_dir:
         from orientlearn.viewers import plots
@@ -342,7 +357,9 @@ def parse_args(argv=None):
     ap.add_argument("--architecture", default="resnet", choices=distance.ARCHITECTURES)
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--n-features", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--head", choices=distance.DISTANCE_HEADS, default="rotation",
+                    help="distance head when training (with --model: the model's own)")
+    ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--steps-per-epoch", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--train-minutes", type=float, default=20.0,
@@ -437,7 +454,8 @@ def main(argv=None):
         f"width {'of the model' if meta else args.width}, features "
         f"{meta.get('n_features') if meta else args.n_features}, batch {args.batch_size}, "
         f"epochs <= {args.epochs}, steps/epoch {args.steps_per_epoch or 'auto'}, "
-        f"train budget {args.train_minutes:g} min/setting, pairs {args.pairs}, seed {args.seed}",
+        f"train budget {args.train_minutes:g} min/setting, pairs {args.pairs}, seed {args.seed}, "
+        f"distance head {args.head}; noisy settings train on clean images + fresh noise",
     ]
     if meta:
         notes.append(f"- model metadata: {meta}; particles regenerated with seed {args.seed} "
