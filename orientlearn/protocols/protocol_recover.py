@@ -1,6 +1,7 @@
 """Protocol ``recover``: orientations from learned distances, with no ground truth (eq. 4)."""
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -172,6 +173,9 @@ class OrientLearnProtRecover(OrientLearnProtBase):
         fn = model.getFileName()
         if not fn or not os.path.exists(fn):
             errors.append(f"The model file {fn} is missing: re-run or re-import the model.")
+        elif not zipfile.is_zipfile(fn):
+            errors.append(f"The model file {fn} is corrupt (not a Keras archive): re-run or "
+                          "re-import the model.")
         parts = self.inputParticles.get()
         if parts is not None and parts.getSize() and model.getSamplingRate():
             box_A = parts.getXDim() * parts.getSamplingRate()

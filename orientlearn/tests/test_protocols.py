@@ -143,6 +143,16 @@ class TestOrientLearnWorkflow(BaseTest):
         rec = self.newProtocol(OrientLearnProtRecover, inputParticles=sim.outputParticles)
         errors = rec.validate()
         self.assertTrue(any("model" in e.lower() for e in errors), errors)
+        # A model file that is missing, or not a Keras archive.
+        from orientlearn.objects import DistanceModel
+        bad = os.path.abspath(self.proj.getPath("broken.keras"))
+        with open(bad, "w") as f:
+            f.write("not a model")
+        for path, word in ((bad, "corrupt"), (bad + ".gone", "missing")):
+            rec.inputModel.set(DistanceModel(filename=path, imageSize=32,
+                                             samplingRate=sim.outputParticles.getSamplingRate()))
+            errors = rec.validate()
+            self.assertTrue(any(word in e for e in errors), errors)
 
         stack = os.path.abspath(self.proj.getPath("plain.mrcs"))
         convert.write_stack(stack, np.random.default_rng(0).normal(size=(12, 32, 32)), 2.0)
