@@ -97,6 +97,18 @@ def stage(name, fn):
     say(f"Stage {len(stages)}/3: {name} done in {stages[-1][1]:.1f} s")
     return out
 
+def own_peak_rss_mb():
+    """This process's own peak RSS (MB): VmHWM, since ru_maxrss after a fork-exec can
+    carry the parent's high-water mark on Linux."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
 # The two first stages are what estimate_rotations() would run lazily; run them one by
 # one for progress in the log when this ASPIRE has them.
 if hasattr(est, "build_clmatrix"):
@@ -111,7 +123,7 @@ json.dump(dict(aspire_version=aspire.__version__, numpy_version=np.__version__,
                n_images=n, image_size=int(images.shape[-1]), n_theta=int(n_theta),
                seed=seed, estimate_seconds=t2 - t1, import_seconds=t1 - t0,
                stages=stages,
-               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0),
+               peak_rss_mb=own_peak_rss_mb()),
           open(info_path, "w"))
 say(f"Rotations of {n} images estimated in {t2 - t1:.1f} s")
 '''
