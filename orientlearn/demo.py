@@ -21,8 +21,8 @@ STEPS = ["import density map", "simulate training particles", "simulate test par
          "train distance", "recover orientations", "compare with ground truth",
          "reconstruct (aligned to truth)", "reconstruct (as recovered)"]
 
-LAPTOP = dict(ntrain=3000, ntest=1000, size=48, testsize=48, epochs=12, steps=60,
-              features=32, rsteps=1500)
+LAPTOP = dict(ntrain=3000, ntest=1000, size=64, testsize=64, epochs=40, steps=0,
+              features=64, rsteps=1500)
 PAPER = dict(ntrain=3350, ntest=1650, size=116, testsize=116, epochs=60, steps=0,
              features=512, rsteps=3000)
 
