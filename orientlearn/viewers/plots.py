@@ -180,13 +180,22 @@ def plot_error_histograms(errors, bins=60, title="Orientation errors"):
     degrees, with each median as a dashed line and in the legend."""
     fig = _new_figure((7, 4.2))
     ax = fig.add_subplot()
-    for k, (name, err) in enumerate(errors.items()):
-        deg = np.degrees(np.asarray(err, dtype=float).ravel())
+    all_deg = [np.degrees(np.asarray(e, dtype=float).ravel()) for e in errors.values()]
+    # Zoom on the bulk (up to ~1.5x the 99th percentile) so small errors are resolved; the
+    # particles beyond go to the last bin, and the title says how many.
+    finite = np.concatenate([d[np.isfinite(d)] for d in all_deg]) if all_deg else np.zeros(1)
+    top = float(np.clip(1.5 * np.percentile(finite, 99), 5.0, 180.0)) if finite.size else 180.0
+    n_beyond = 0
+    for k, (name, deg) in enumerate(zip(errors, all_deg)):
         color = f"C{k}"
-        ax.hist(deg, bins=bins, range=(0, 180), histtype="step", lw=1.5, color=color,
+        n_beyond = max(n_beyond, int(np.sum(deg > top)))
+        ax.hist(np.minimum(deg, top), bins=bins, range=(0, top), histtype="step", lw=1.5,
+                color=color,
                 label=f"{name} (median {np.median(deg):.1f}°, mean {np.mean(deg):.1f}°)")
         ax.axvline(np.median(deg), color=color, ls="--", lw=1)
-    ax.set_xlim(0, 180)
+    ax.set_xlim(0, top)
+    if n_beyond:
+        title = f"{title} ({n_beyond} beyond {top:.0f}° in the last bin)"
     ax.set_xlabel("error (deg)")
     ax.set_ylabel("particles")
     ax.set_title(title)
