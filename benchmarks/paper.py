@@ -64,6 +64,15 @@ def git_commit():
         return "unknown"
 
 
+def write_report(text, out=None):
+    """Print a benchmark's report and, with ``out``, write the same text to that file."""
+    print(text, end="")
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as fh:
+            fh.write(text)
+
+
 def machine_description():
     import tensorflow as tf
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
@@ -379,10 +388,7 @@ def main(argv=None):
         f"- command: python benchmarks/paper.py {' '.join(sys.argv[1:] if argv is None else argv)}",
     ]
     text = "\n".join([header, "", table] + notes) + "\n"
-    print(text, end="")
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    write_report(text, args.out)
     return 0
 
 

@@ -72,7 +72,7 @@ from orientlearn.core import alignment, geometry, imaging, recovery  # noqa: E40
 from orientlearn.core.peer_aspire import (  # noqa: E402
     ASPIRE_PYTHON_VAR, DEFAULT_CONVENTION, DEFAULT_VENV, AspireUnavailable, choose_convention,
     convention_name, convert, ensure_aspire_venv, has_aspire, run_aspire)
-from paper import (MAP_PATH, downsampled_noise_factor, git_commit, peak_rss_mb,  # noqa: E402
+from paper import (write_report, MAP_PATH, downsampled_noise_factor, git_commit, peak_rss_mb,  # noqa: E402
                    split_sizes, volume_at_size)
 from train import simulate_like_paper  # noqa: E402
 
@@ -399,11 +399,7 @@ def main(argv=None):
         f"{shlex.join(sys.argv[1:] if argv is None else argv)}",
     ]
     text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    write_report(text, args.out)
     return 0
 
 

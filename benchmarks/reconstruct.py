@@ -42,7 +42,7 @@ import scipy  # noqa: E402
 
 from orientlearn.core import geometry, imaging, reconstruct  # noqa: E402
 from orientlearn.core.progress import ProgressReporter  # noqa: E402
-from paper import MAP_PATH, git_commit, peak_rss_mb, support_radius, volume_at_size  # noqa: E402
+from paper import write_report, MAP_PATH, git_commit, peak_rss_mb, support_radius, volume_at_size  # noqa: E402
 
 #: The target: this many particles at this box reconstructed in under this many seconds.
 TARGET = dict(particles=5000, box=116, seconds=60.0)
@@ -285,11 +285,7 @@ def main(argv=None):
         f"- command: python benchmarks/reconstruct.py {' '.join(argv)}".rstrip(),
     ]
     text = "\n".join([header, "", build_table(args, results)] + notes) + "\n"
-    print(text, end="")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    write_report(text, args.out)
     return 0
 
 

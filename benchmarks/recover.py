@@ -43,7 +43,7 @@ for p in (REPO, HERE):
 import numpy as np  # noqa: E402
 
 from orientlearn.core import alignment, geometry, recovery  # noqa: E402
-from paper import git_commit, peak_rss_mb  # noqa: E402
+from paper import write_report, git_commit, peak_rss_mb  # noqa: E402
 
 CHILD_FLAG = "--child-size"
 
@@ -235,11 +235,7 @@ def main(argv=None):
         f"{' '.join(sys.argv[1:] if argv is None else argv)}",
     ]
     text = "\n".join([header, "", build_table(results)] + notes) + "\n"
-    print(text, end="")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    write_report(text, args.out)
     return 0
 
 

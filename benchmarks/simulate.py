@@ -37,7 +37,7 @@ for p in (REPO, HERE):
 import numpy as np  # noqa: E402
 
 from orientlearn.core import geometry, imaging  # noqa: E402
-from paper import (MAP_PATH, git_commit, machine_description, peak_rss_mb,  # noqa: E402
+from paper import (write_report, MAP_PATH, git_commit, machine_description, peak_rss_mb,  # noqa: E402
                    volume_at_size)
 
 #: The issue's target: this many projections with CTF and noise in under this many seconds.
@@ -174,10 +174,7 @@ def main(argv=None):
         f"{shlex.join(sys.argv[1:] if argv is None else argv)}",
     ]
     text = "\n".join([header, "", *lines, *notes]) + "\n"
-    print(text, end="")
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    write_report(text, args.out)
     return 0
 
 

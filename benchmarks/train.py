@@ -54,7 +54,7 @@ for p in (REPO, HERE):
 import numpy as np  # noqa: E402
 
 from orientlearn.core import distance, geometry, imaging  # noqa: E402
-from paper import (MAP_PATH, downsampled_noise_factor, git_commit, machine_description, peak_rss_mb,  # noqa: E402
+from paper import (write_report, MAP_PATH, downsampled_noise_factor, git_commit, machine_description, peak_rss_mb,  # noqa: E402
                    split_sizes, volume_at_size)
 
 #: The issue's targets: validation MAE of d_hat (rad) by sigma^2 (the paper's values),
@@ -479,10 +479,7 @@ def main(argv=None):
     ]
     text = "\n".join([header, "", table, "", "MAE of d_hat per bin of d_q, test pairs:", "",
                       bins] + notes) + "\n"
-    print(text, end="")
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    write_report(text, args.out)
     return 0
 
 
