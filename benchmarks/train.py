@@ -433,12 +433,16 @@ def main(argv=None):
         "- MAE targets: the paper's validation MAE of d_hat, 0.215 rad noiseless / 0.278 rad at "
         "σ² = 16 (the paper's pairs had uniformly distributed distances: compare the "
         "'d_q made uniform' rows); full training target: < 30 min on 2 CPU cores",
-        "- floor of the random-pair MAE: d_hat is the angle between feature vectors, so over "
-        "all pairs of n particles mean cos d_hat >= -1/(n-1), while random SO(3) pairs have "
-        "E[cos d_q] = -1/2; since |cos a - cos b| <= |a - b|, MAE >= -mean cos d_q - 1/(n-1) "
-        "(~0.5 rad) for ANY such network: large distances must be underestimated (the "
-        "plateau of the paper's Fig. 6b), and the paper's targets are comparable only with "
-        "the 'd_q made uniform' rows",
+        ("- floor of the random-pair MAE ('angle' head): d_hat is the angle between feature "
+         "vectors, so over all pairs of n particles mean cos d_hat >= -1/(n-1), while random "
+         "SO(3) pairs have E[cos d_q] = -1/2; since |cos a - cos b| <= |a - b|, MAE >= -mean "
+         "cos d_q - 1/(n-1) (~0.5 rad) for ANY such network: large distances must be "
+         "underestimated (the plateau of the paper's Fig. 6b)" if args.head == "angle" else
+         "- 'rotation' head: d_hat = arccos((3c - 1)/2) of the feature cosine c, a positive "
+         "semi-definite kernel of orientations, so no MAE floor and no plateau"),
+        "- full training time when not trained here: an upper bound at the measured rate "
+        "(all epochs; early stopping usually ends sooner): benchmarks/paper.py times the "
+        "real runs",
         "- validation particles: those `train_distance_model` held out of train + validation "
         "(`distance.validation_indices`; used for early stopping, never for gradients); test "
         "particles: the last ones of the split, never seen in training",
