@@ -8,15 +8,12 @@ for sense only (tiny model, 40 images).
 import math
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from orientlearn.core import distance, imaging, peer_aspire
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-SCRIPT = os.path.join(REPO, "benchmarks", "peers.py")
+from .benchmark_runner import REPO, run_benchmark
 MAP = os.path.join(REPO, "orientlearn", "data", "5j0n.mrc")
 
 
@@ -51,14 +48,9 @@ def test_peers_benchmark_smoke(tmp_path):
         pytest.skip("no ASPIRE environment (python -m orientlearn.core.peer_aspire create)")
     paths = tiny_model(str(tmp_path))
     out = tmp_path / "sub" / "peers.md"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    cmd = [sys.executable, SCRIPT, "--smoke", "--python", python, "--workdir",
-           str(tmp_path / "work"), "--models", f"0={paths[0.0]}", f"16={paths[16.0]}",
-           "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env,
-                          cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    text = proc.stdout
+    text = run_benchmark("peers.py", "--python", python, "--workdir", tmp_path / "work",
+                         "--models", f"0={paths[0.0]}", f"16={paths[16.0]}", "--out", out,
+                         cwd=tmp_path)
     assert out.read_text() == text
 
     lines = [line for line in text.splitlines() if line.startswith("|")]

@@ -1,11 +1,7 @@
 """The reconstruction benchmark must keep running: ``benchmarks/reconstruct.py --smoke``."""
-import os
 import re
-import subprocess
-import sys
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-SCRIPT = os.path.join(REPO, "benchmarks", "reconstruct.py")
+from .benchmark_runner import run_benchmark
 
 EXPECTED_ROWS = [
     "images in memory (MB)",
@@ -33,11 +29,7 @@ def first_number(cell):
 
 def test_reconstruct_benchmark_smoke_prints_the_table(tmp_path):
     out = tmp_path / "sub" / "bench.md"
-    env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, SCRIPT, "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    text = proc.stdout
+    text = run_benchmark("reconstruct.py", "--out", out)
     assert "| metric | 200 particles |" in text
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in text.splitlines() if line.startswith("| ")}

@@ -4,13 +4,9 @@ The smoke run recovers 500 particles (exact neighbour search) and 4,000 (inverte
 from exact distances plus 0.1 rad of noise; the table's numbers are checked for sense,
 never for speed (tests never time things).
 """
-import os
 import re
-import subprocess
-import sys
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-SCRIPT = os.path.join(REPO, "benchmarks", "recover.py")
+from .benchmark_runner import run_benchmark
 
 COLUMNS = ["P", "search", "neighbour recall", "graph (s)", "init (s)", "optimisation (s)",
            "steps", "total (s)", "peak RSS (MB)", "start RSS (MB)",
@@ -19,11 +15,7 @@ COLUMNS = ["P", "search", "neighbour recall", "graph (s)", "init (s)", "optimisa
 
 def test_recover_benchmark_smoke_prints_the_table(tmp_path):
     out = tmp_path / "sub" / "recover.md"
-    env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, SCRIPT, "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    text = proc.stdout
+    text = run_benchmark("recover.py", "--out", out)
     lines = [line for line in text.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].split("|")[1:-1]]
     assert header == COLUMNS

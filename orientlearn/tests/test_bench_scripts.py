@@ -2,21 +2,13 @@
 ``benchmarks/simulate.py --smoke`` and ``benchmarks/train.py --smoke`` (training and
 saving a model, then evaluating that model with ``--model``)."""
 import math
-import os
 import re
-import subprocess
-import sys
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BENCH = os.path.join(REPO, "benchmarks")
+from .benchmark_runner import run_benchmark
 
 
 def run(script, *args, tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, os.path.join(BENCH, script), "--smoke", *args],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout
+    return run_benchmark(script, *args, cwd=tmp_path)
 
 
 def table_rows(text):

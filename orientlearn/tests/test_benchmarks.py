@@ -1,15 +1,11 @@
 """The paper benchmark script must keep running: ``benchmarks/paper.py --smoke`` end to end.
 
-(``benchmarks/peers.py`` is not run here: it creates a virtual environment and installs
-ASPIRE from PyPI.)
+(``benchmarks/peers.py`` has its own smoke test, ``test_bench_peers.py``, which runs
+where an ASPIRE environment exists.)
 """
-import os
 import re
-import subprocess
-import sys
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-SCRIPT = os.path.join(REPO, "benchmarks", "paper.py")
+from .benchmark_runner import run_benchmark
 
 EXPECTED_ROWS = [
     "E_OR median, O(4) aligned (rad)",
@@ -28,12 +24,7 @@ EXPECTED_ROWS = [
 
 def test_paper_benchmark_smoke_prints_the_table(tmp_path):
     out = tmp_path / "bench.md"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, SCRIPT, "--smoke", "--sigma2", "0", "4",
-                           "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    text = proc.stdout
+    text = run_benchmark("paper.py", "--sigma2", "0", "4", "--out", out)
     assert "| metric | noiseless: ours | σ²=4: ours |" in text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines()
             if line.startswith("| ")}
