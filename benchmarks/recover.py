@@ -114,7 +114,8 @@ def run_size(P, args):
 
     q_est, info = recovery.recover_orientations(
         graph.i, graph.j, d_hat=d_hat, weights=weights, n_particles=P, k=graph.k,
-        transforms=transforms, n_steps=args.n_steps, seed=args.seed, progress=progress)
+        transforms=transforms, n_steps=args.n_steps, seed=args.seed, progress=progress,
+        loss=args.loss, loss_scale=args.loss_scale)
     peak = peak_rss_mb()
     log(f"init {info['seconds_init']:.1f} s ({info.get('init')}), optimisation "
         f"{info['seconds_optimize']:.1f} s, {info['n_steps']} steps")
@@ -141,7 +142,8 @@ def run_child(P, args):
     cmd = [sys.executable, os.path.abspath(__file__), CHILD_FLAG, str(P),
            "--noise", repr(args.noise), "--seed", str(args.seed), "--n-steps",
            str(args.n_steps), "--n-neighbors", str(args.n_neighbors), "--n-random",
-           str(args.n_random), "--recall-queries", str(args.recall_queries)]
+           str(args.n_random), "--recall-queries", str(args.recall_queries),
+           "--loss", args.loss, "--loss-scale", repr(args.loss_scale)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"size {P} failed (exit {proc.returncode})")
@@ -181,8 +183,13 @@ def parse_args(argv=None):
                     help="numbers of particles P")
     ap.add_argument("--noise", type=float, default=0.1,
                     help="std of the Gaussian error added to the exact distances (rad)")
-    ap.add_argument("--n-neighbors", type=int, default=16)
-    ap.add_argument("--n-random", type=int, default=4)
+    ap.add_argument("--n-neighbors", type=int, default=32,
+                    help="as recover_from_features' default")
+    ap.add_argument("--n-random", type=int, default=16,
+                    help="as recover_from_features' default")
+    ap.add_argument("--loss", default="cauchy", choices=("cauchy", "huber", "l2"),
+                    help="as recover_from_features' default")
+    ap.add_argument("--loss-scale", type=float, default=0.3)
     ap.add_argument("--n-steps", type=int, default=1000,
                     help="maximum Adam steps (early stopping as in recover_orientations)")
     ap.add_argument("--recall-queries", type=int, default=500,
@@ -213,6 +220,7 @@ def main(argv=None):
     import scipy
     header = (f"## orientlearn recovery at scale: exact distances + N(0, {args.noise:g}²) rad, "
               f"{args.n_neighbors} neighbours + {args.n_random} random pairs per particle, "
+              f"{args.loss} loss (scale {args.loss_scale:g} rad), "
               f"8 image transforms" + (" [SMOKE RUN]" if args.smoke else ""))
     inits = sorted({str(r["init"]) for r in results})
     notes = [

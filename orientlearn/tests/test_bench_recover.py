@@ -33,10 +33,12 @@ def test_recover_benchmark_smoke_prints_the_table(tmp_path):
         assert 0 < int(r["steps"]) <= 1000
         assert float(r["peak RSS (MB)"]) >= float(r["start RSS (MB)"]) > 0
         # Small errors at 0.1 rad of distance noise, without ground-truth help (rotation
-        # + handedness), and the O(4) error is never above it.
+        # + handedness).
         rot, o4 = float(r["median E_OR rot+hand (rad)"]), float(r["median E_OR O(4) (rad)"])
         assert rot < 0.15, r
-        assert o4 <= rot + 1e-4, r
+        # The O(4) fit (started from the rotation one) minimises a robust sum, not the
+        # median: its median may exceed the rotation one by a hair, never by much.
+        assert o4 <= 1.05 * rot + 1e-4, r
     assert "[SMOKE RUN]" in text
     assert re.search(r"git commit: \S+", text)
     assert "- machine:" in text and "- date:" in text
