@@ -173,18 +173,49 @@ def _scalar_object(value):
     return pwobj.Float(float(value))
 
 
+def particle_shift(particle, alignment):
+    """The offset ``t (2,)`` in pixels of a particle's centre from its box centre, as stored
+    by its transform under the set's ``alignment`` type (0 when it has none).
+
+    ALIGN_PROJ stores ``inv([[R, t], [0, 1]])`` (module docstring). ALIGN_2D stores
+    ``[[R2, s], [0, 1]]`` with ``s`` Relion's ``rlnOrigin`` (scipion-em-relion
+    ``convert31``: ``_align2DToRow`` / ``__setParticleTransform2D``), and the particle lies
+    at ``-rlnOrigin`` (``tests/test_convert.py``), so ``t = -s``.
+    """
+    if not particle.hasTransform():
+        return np.zeros(2)
+    M = np.asarray(particle.getTransform().getMatrix(), dtype=np.float64)
+    if alignment == emcts.ALIGN_PROJ:
+        return geometry.scipion_transform_to_matrix(M)[1]
+    if alignment == emcts.ALIGN_2D:
+        return -M[:2, 3]
+    return np.zeros(2)
+
+
+def particle_shifts(particles):
+    """``(N, 2)`` offsets (px, id order) the particles already carry: from a 3-D or 2-D
+    alignment (e.g. 2-D classification or re-centring), zeros where they have none."""
+    alignment = particles.getAlignment()
+    return np.array([particle_shift(p, alignment) for p in particles.iterItems(orderBy="id")],
+                    dtype=np.float64).reshape(-1, 2)
+
+
 def copy_particles_with_orientations(protocol, particles, quaternions, shifts=None,
                                      extra=None, suffix=""):
     """A copy of ``particles`` (same images, CTF, ids) with new ALIGN_PROJ orientations.
 
-    Rows of ``quaternions (N, 4)`` follow the particles' id order.
+    Rows of ``quaternions (N, 4)`` and ``shifts (N, 2)`` (px) follow the particles' id
+    order. Without ``shifts`` each particle keeps the offset it already had (see
+    ``particle_shift``): input shifts are never thrown away.
     """
     out = protocol._createSetOfParticles(suffix)
     out.copyInfo(particles)
+    alignment = particles.getAlignment()
     out.setAlignmentProj()
     for i, p in enumerate(particles.iterItems(orderBy="id")):
         q = p.clone()
-        set_particle_orientation(q, quaternions[i], (0.0, 0.0) if shifts is None else shifts[i])
+        shift = particle_shift(p, alignment) if shifts is None else shifts[i]
+        set_particle_orientation(q, quaternions[i], shift)
         for name, values in (extra or {}).items():
             setattr(q, name, _scalar_object(values[i]))
         out.append(q)

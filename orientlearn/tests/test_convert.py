@@ -275,3 +275,56 @@ def test_our_projection_is_the_image_relion_predicts(tmp_path, source):
         if np.abs(A - A.T).max() > 0.1:
             assert _relative_error(ours[i], _relion_model_image(A.T, origins[i])) > 0.3, i
         assert _relative_error(ours[i], _relion_model_image(A, -origins[i])) > 0.3, i
+
+
+# ------------------------------------------------------- copies keep the input shifts
+
+class _FakeProtocol:
+    """What ``copy_particles_with_orientations`` needs of a protocol: a set factory."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def _createSetOfParticles(self, suffix=""):
+        return emobj.SetOfParticles(
+            filename=os.path.join(self.folder, f"copy{suffix}.sqlite"))
+
+
+def test_copy_keeps_input_projection_shifts(tmp_path):
+    quats, shifts = _orientations()
+    parts = _make_particles(tmp_path, quats, shifts)
+    new_q = geometry.uniform_quaternions(N_PARTICLES, seed=11)
+    out = convert.copy_particles_with_orientations(_FakeProtocol(tmp_path), parts, new_q)
+    _, q_back, t_back = convert.particle_orientations(out)
+    np.testing.assert_allclose(t_back, shifts, atol=1e-9)
+    np.testing.assert_allclose(_same_orientation(q_back, new_q), 0.0, atol=1e-6)
+    # Explicit shifts replace them.
+    out2 = convert.copy_particles_with_orientations(_FakeProtocol(tmp_path), parts, new_q,
+                                                    shifts=-shifts, suffix="2")
+    np.testing.assert_allclose(convert.particle_orientations(out2)[2], -shifts, atol=1e-9)
+
+
+def test_copy_keeps_2d_alignment_shifts(tmp_path):
+    """Particles from a 2-D alignment (read by scipion-em-relion's Reader as ALIGN_2D)
+    keep their offsets: the same ``t`` as the 3-D convention gives for that star file."""
+    quats, shifts = _orientations()
+    parts = _make_particles(tmp_path, quats, shifts)
+    _, _, origins, star = _relion_star_rows(parts, tmp_path)
+    from pwem.constants import ALIGN_2D
+    from relion.convert import readSetOfParticles
+    two_d = emobj.SetOfParticles(filename=os.path.join(str(tmp_path), "aligned2d.sqlite"))
+    readSetOfParticles(star, two_d, alignType=ALIGN_2D)
+    two_d.setAlignment2D()
+    np.testing.assert_allclose(convert.particle_shifts(two_d), -origins, atol=1e-5)
+    out = convert.copy_particles_with_orientations(_FakeProtocol(tmp_path), two_d, quats)
+    np.testing.assert_allclose(convert.particle_orientations(out)[2], shifts, atol=1e-5)
+
+
+def test_particles_without_alignment_have_zero_shifts(tmp_path):
+    stack = os.path.join(str(tmp_path), "plain.mrcs")
+    convert.write_stack(stack, np.zeros((3, BOX, BOX), dtype=np.float32), PIXEL_SIZE)
+    parts = emobj.SetOfParticles(filename=os.path.join(str(tmp_path), "plain.sqlite"))
+    parts.setSamplingRate(PIXEL_SIZE)
+    for i in range(3):
+        parts.append(emobj.Particle(location=(i + 1, stack)))
+    np.testing.assert_array_equal(convert.particle_shifts(parts), np.zeros((3, 2)))

@@ -63,7 +63,8 @@ class TestOrientLearnWorkflow(BaseTest):
         self.assertTrue(any("Projections:" in line for line in open(prot.getLogPaths()[0])))
 
     def test_workflow_end_to_end(self):
-        sim = self._simulate(240, size=32, noiseMode=0, seed=1)
+        # Off-centre particles: recover must hand their offsets on unchanged.
+        sim = self._simulate(240, size=32, noiseMode=0, maxShift=1.5, seed=1)
         train = self.newProtocol(OrientLearnProtTrain, imageSize=32, epochs=3, batchSize=32,
                                  nFeatures=16, stepsPerEpoch=10, seed=1)
         train.inputParticles.append(sim.outputParticles)
@@ -87,6 +88,10 @@ class TestOrientLearnWorkflow(BaseTest):
         self.assertTrue(first.hasTransform())
         self.assertTrue(hasattr(first, CONFIDENCE_ATTR))
         self.assertGreater(len(rec.getLossHistory()), 1)
+        _, _, shifts_in = convert.particle_orientations(sim.outputParticles)
+        _, _, shifts_out = convert.particle_orientations(out)
+        self.assertGreater(np.abs(shifts_in).max(), 0.5)
+        np.testing.assert_allclose(shifts_out, shifts_in, atol=1e-6)
 
         cmp_ = self.newProtocol(OrientLearnProtCompare, inputParticles=out,
                                 referenceParticles=sim.outputParticles)
