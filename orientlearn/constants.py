@@ -2,6 +2,9 @@
 
 # Plugin variables (read from the environment or Scipion's config)
 ORIENTLEARN_GPU = "ORIENTLEARN_GPU"          # default GPU ids for TensorFlow, "" = CPU
+# Python of an environment with ASPIRE (same name as core.peer_aspire.ASPIRE_PYTHON_VAR;
+# not imported from there so that `python -m orientlearn.core.peer_aspire` runs cleanly).
+ORIENTLEARN_ASPIRE_PYTHON = "ORIENTLEARN_ASPIRE_PYTHON"
 
 # Choices in forms
 ORIENT_UNIFORM = 0

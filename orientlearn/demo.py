@@ -66,7 +66,9 @@ def _tail(path, stop, echo):
 
 
 def run_workflow(args):
-    import orientlearn  # sets up a headless Scipion environment (see scipion_env.py)
+    import orientlearn
+    from .scipion_env import setup_scipion_environment
+    setup_scipion_environment()   # headless Scipion, before pyworkflow reads its config
     from pyworkflow.project import Manager
     from pyworkflow.template import LocalTemplate
 

@@ -31,7 +31,6 @@ import os
 import numpy as np
 import pytest
 
-import orientlearn  # noqa: F401  (sets up the Scipion environment before pwem)
 import pwem.objects as emobj
 from pwem.constants import ALIGN_PROJ
 from pwem.convert import transformations as tfs

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 
-import orientlearn  # noqa: F401  (headless Scipion environment)
 from pyworkflow.template import TemplateList
 
 from orientlearn import demo
