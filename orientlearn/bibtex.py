@@ -18,6 +18,16 @@ pages = {25129--25147},
 year = {2016},
 doi = {10.1364/OE.24.025129}
 }
+@article{Wojdyr2022,
+title = {{GEMMI}: A library for structural biology},
+author = {Wojdyr, Marcin},
+journal = {Journal of Open Source Software},
+volume = {7},
+number = {73},
+pages = {4200},
+year = {2022},
+doi = {10.21105/joss.04200}
+}
 @misc{ASPIRE,
 title = {{ASPIRE}: Algorithms for Single Particle Reconstruction (ASPIRE-Python)},
 author = {{ComputationalCryoEM}},
