@@ -4,7 +4,7 @@ Per noise setting: simulate 5,000 projections of 5j0n (uniform SO(3), 116 px at
 3.667 A/px: the map zero-padded to the box, as in the paper), split them as the paper
 did (2,512 train / 838 validation / 1,650 test), train the distance network on
 train + validation (on a Fourier-downsampled copy, ``--net-size``), embed the test
-particles under the image-side transforms of ``recovery.image_transforms()``, recover
+particles under the image-side transforms of ``graph.image_transforms()``, recover
 their orientations, compare with the truth (E_OR after O(4) alignment, the paper's
 number, and after rotation + handedness only, what reconstruction sees), reconstruct
 the test particles at full size with the rotation-aligned orientations and compute the
@@ -36,7 +36,9 @@ if REPO not in sys.path:        # run as a script from anywhere
 
 import numpy as np  # noqa: E402
 
-from orientlearn.core import alignment, distance, imaging, reconstruct, recovery  # noqa: E402
+from orientlearn.core import (  # noqa: E402
+    alignment, ctf, fsc, graph, image_ops, model_io, network, reconstruction, recovery, simulation,
+    training, volumes)
 
 MAP_PATH = os.path.join(REPO, "orientlearn", "data", "5j0n.mrc")
 PAPER_SPLIT = (2512, 838, 1650)            # train, validation, test (of 5,000)
@@ -94,20 +96,20 @@ def volume_at_size(size, map_path=MAP_PATH):
 
     Larger boxes zero-pad the map (voxel size kept, the paper's 116 px at 3.667 A);
     smaller ones Fourier-downsample it (coarser voxels)."""
-    vol, voxel = imaging.read_volume(map_path)
+    vol, voxel = volumes.read_volume(map_path)
     n0 = vol.shape[0]
     if size >= n0:
-        return imaging.crop_or_pad_volume(vol, size), voxel
-    return imaging.downsample_volume(vol, size), voxel * n0 / size
+        return volumes.crop_or_pad_volume(vol, size), voxel
+    return volumes.downsample_volume(vol, size), voxel * n0 / size
 
 
 def downsampled_noise_factor(size, new_size, n_images=64, seed=0):
-    """Variance of unit white noise after ``imaging.downsample`` from ``size`` to
+    """Variance of unit white noise after ``image_ops.downsample`` from ``size`` to
     ``new_size`` px (about ``(new_size / size)^2``), measured on a fixed noise sample."""
     if new_size == size:
         return 1.0
     noise = np.random.default_rng(seed).standard_normal((n_images, size, size))
-    return float(np.var(imaging.downsample(noise.astype(np.float32), new_size)))
+    return float(np.var(image_ops.downsample(noise.astype(np.float32), new_size)))
 
 
 def support_radius(vol, rel=1e-2):
@@ -125,13 +127,13 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
     res["split"] = f"{n_train} / {n_val} / {n_test}"
 
     t = time.perf_counter()
-    sim = imaging.simulate_particles(
+    sim = simulation.simulate_particles(
         true_map, args.n_particles, sigma2=sigma2 or None, seed=args.seed,
         voxel_size=pixel_size, ctf=True if args.ctf_shifts else None,
         max_shift=args.max_shift if args.ctf_shifts else 0.0,
         return_clean=bool(sigma2) and args.train_noise == "fresh")
     images, quats = sim["images"], sim["quaternions"]
-    net_images = (imaging.downsample(images, args.net_size)
+    net_images = (image_ops.downsample(images, args.net_size)
                   if args.net_size != images.shape[-1] else images)
     # Training images: the noisy images themselves ("fixed", the paper's protocol), or the
     # clean projections of the same training particles with fresh noise of the same level
@@ -139,7 +141,7 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
     # exist). The noise variance is carried through the downsampling to the net's size.
     train_images, augmentation = net_images, None
     if sim["clean"] is not None:
-        train_images = (imaging.downsample(sim["clean"], args.net_size)
+        train_images = (image_ops.downsample(sim["clean"], args.net_size)
                         if args.net_size != images.shape[-1] else sim["clean"])
         s2_net = sigma2 * downsampled_noise_factor(images.shape[-1], args.net_size)
         augmentation = dict(noise_variance=(s2_net, s2_net))
@@ -161,11 +163,11 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
         if deadline is not None and time.perf_counter() > deadline:
             raise _TimeUp()
 
-    model = distance.build_embedding_network(args.architecture, args.n_features,
+    model = network.build_embedding_network(args.architecture, args.n_features,
                                              args.width, seed=args.seed)
     stopped_by_time = False
     try:
-        model, history = distance.train_distance_model(
+        model, history = training.train_distance_model(
             train_images[fit], quats[fit], architecture=args.architecture,
             augmentation=augmentation, head=args.head,
             epochs=args.epochs, batch_size=args.batch_size,
@@ -182,7 +184,7 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
     res["rss_train"] = peak_rss_mb()
     if args.save_model:
         path = os.path.join(args.save_model, f"5j0n_sigma2_{sigma2:g}_{args.net_size}px.keras")
-        distance.save_distance_model(model, path, dict(
+        model_io.save_distance_model(model, path, dict(
             image_size=args.net_size, pixel_size=pixel_size * args.size / args.net_size,
             architecture=args.architecture, symmetry="C1", sigma2=sigma2, head=args.head,
             source="benchmarks/paper.py"))
@@ -191,18 +193,18 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
 
     # --- embed the test particles under every image-side transform
     t = time.perf_counter()
-    transforms, _ = recovery.image_transforms()
+    transforms, _ = graph.image_transforms()
     test_net = net_images[test]
     # One embed call for all transforms: each call traces its own tf.function.
-    stacked = np.concatenate([imaging.apply_image_transform(test_net, g) for g in transforms])
-    features = distance.embed(model, stacked).reshape(len(transforms), len(test_net), -1)
+    stacked = np.concatenate([image_ops.apply_image_transform(test_net, g) for g in transforms])
+    features = network.embed(model, stacked).reshape(len(transforms), len(test_net), -1)
     times["embed"] = time.perf_counter() - t
 
     # --- recover orientations
     t = time.perf_counter()
     q_est, info = recovery.recover_from_features(
         features, transforms, seed=args.seed, n_steps=args.recovery_steps,
-        distance_map=lambda a: distance.angle_to_distance(a, args.head))
+        distance_map=lambda a: network.angle_to_distance(a, args.head))
     times["recover"] = time.perf_counter() - t
     res["l_or"] = float(info["loss"])
     res["rss_recover"] = peak_rss_mb()
@@ -226,22 +228,22 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
         du, dv, ang = (np.asarray(p[k])[test] for k in ("defocus_u", "defocus_v", "astig_angle"))
 
         def ctfs(idx, size):
-            return imaging.ctf_2d_batch(size, pixel_size, du[idx], dv[idx], ang[idx],
+            return ctf.ctf_2d_batch(size, pixel_size, du[idx], dv[idx], ang[idx],
                                         voltage=p["voltage"], cs=p["cs"],
                                         amplitude_contrast=p["amplitude_contrast"],
                                         phase_shift=p["phase_shift"])
     mask_radius = min(true_map.shape[0] / 2 - 1, support_radius(true_map) + 2)
     res["mask_radius"] = mask_radius
     recon = dict(shifts=shifts, ctfs=ctfs, mask_radius=mask_radius)
-    vol = reconstruct.reconstruct_fourier(test_images, cmp["rot_aligned"], **recon)
-    freq, fsc_vals, _ = reconstruct.fsc_with_handedness(vol, true_map, pixel_size)
-    res["fsc05"] = reconstruct.resolution_at(freq, fsc_vals, 0.5)
-    res["fsc0143"] = reconstruct.resolution_at(freq, fsc_vals, 0.143)
+    vol = reconstruction.reconstruct_fourier(test_images, cmp["rot_aligned"], **recon)
+    freq, fsc_vals, _ = fsc.fsc_with_handedness(vol, true_map, pixel_size)
+    res["fsc05"] = fsc.resolution_at(freq, fsc_vals, 0.5)
+    res["fsc0143"] = fsc.resolution_at(freq, fsc_vals, 0.143)
     times["reconstruct"] = time.perf_counter() - t
     if not args.no_reference:
-        vol_true = reconstruct.reconstruct_fourier(test_images, q_true, **recon)
-        freq, fsc_vals = reconstruct.fsc(vol_true, true_map, pixel_size)
-        res["fsc05_true_orient"] = reconstruct.resolution_at(freq, fsc_vals, 0.5)
+        vol_true = reconstruction.reconstruct_fourier(test_images, q_true, **recon)
+        freq, fsc_vals = fsc.fsc(vol_true, true_map, pixel_size)
+        res["fsc05_true_orient"] = fsc.resolution_at(freq, fsc_vals, 0.5)
     res["rss_reconstruct"] = peak_rss_mb()
     times["total"] = sum(times.values())
     res["times"] = times
@@ -322,10 +324,10 @@ def parse_args(argv=None):
                     help="noisy settings: train on the training particles' clean projections "
                          "with fresh noise of the same level in every batch (default), or "
                          "on their fixed noisy images (the paper's protocol)")
-    ap.add_argument("--head", choices=distance.DISTANCE_HEADS, default="rotation",
-                    help="feature cosine -> distance (see distance.cosine_to_distance); "
+    ap.add_argument("--head", choices=network.DISTANCE_HEADS, default="rotation",
+                    help="feature cosine -> distance (see network.cosine_to_distance); "
                          "'angle' is the paper's d_f")
-    ap.add_argument("--architecture", default="resnet", choices=distance.ARCHITECTURES)
+    ap.add_argument("--architecture", default="resnet", choices=network.ARCHITECTURES)
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--n-features", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=60)

@@ -4,7 +4,7 @@ paper benchmark's own test images.
 Images. Per noise level (``--sigma2``, relative to unit-variance clean images at the
 simulated 116 px, as in ``benchmarks/paper.py``; 0 = noiseless) the paper benchmark's
 particles are regenerated exactly as ``paper.py``'s ``run_setting`` makes them (the same
-``imaging.simulate_particles`` call, via ``train.simulate_like_paper``: 5,000 particles,
+``simulation.simulate_particles`` call, via ``train.simulate_like_paper``: 5,000 particles,
 116 px at 3.667 A/px, the map from ``volume_at_size(116)``, ``--seed`` 0), Fourier-
 downsampled to ``--size`` (64 px, the size the network sees; the pixel size scales to
 3.667 * 116 / 64 A). The test split is the last 1,650 particles (``split_sizes``, never
@@ -25,7 +25,7 @@ Our method (``--models SIGMA2=PATH ...``: ``.keras`` files of
 ``distance.save_distance_model``, e.g. ``benchmarks/paper.py --save-model``; ``--model
 PATH``: one model for every level). Each level uses the model trained at the nearest
 sigma^2 at or above it (else the nearest below); the table names it. The images are
-embedded under the image-side transforms of ``recovery.image_transforms()`` and
+embedded under the image-side transforms of ``graph.image_transforms()`` and
 recovered with ``recovery.recover_from_features`` with the model's distance head
 (``distance.angle_to_distance(a, meta['head'])``), as ``paper.py`` does. Two rows per
 level: recovery from the same N images as ASPIRE, and (``--ours-all-test``, default on)
@@ -38,7 +38,7 @@ the mirror), an inverted rotation (``R^T``, the quaternion conjugate) or a fixed
 of the object frame keeps the O(4) error unchanged, but the rotation + handedness error
 only forgives the object-side part. So the conversion is ``q = L c(q_aspire)`` with
 ``c`` the identity or the conjugation and ``L`` one of the 8 exact image-side transforms
-(``recovery.image_transforms()``), chosen ONCE: on the noiseless run (when it is part of
+(``graph.image_transforms()``), chosen ONCE: on the noiseless run (when it is part of
 the run) as the candidate with the smallest rotation + handedness error, otherwise
 ``peer_aspire.DEFAULT_CONVENTION`` (found that way with ASPIRE 0.14.3; the protocol uses
 it). The chosen convention is printed.
@@ -68,7 +68,7 @@ for p in (REPO, HERE):
 
 import numpy as np  # noqa: E402
 
-from orientlearn.core import alignment, geometry, imaging, recovery  # noqa: E402
+from orientlearn.core import alignment, geometry, graph, image_ops, recovery  # noqa: E402
 from orientlearn.core.peer_aspire import (  # noqa: E402
     ASPIRE_PYTHON_VAR, DEFAULT_CONVENTION, DEFAULT_VENV, AspireUnavailable, choose_convention,
     convention_name, convert, ensure_aspire_venv, has_aspire, run_aspire)
@@ -139,29 +139,29 @@ class Ours:
     _cache = {}
 
     def __init__(self, path, size, log):
-        from orientlearn.core import distance
-        self.distance = distance
+        from orientlearn.core import model_io, network
+        self.network = network
         if path not in Ours._cache:
             t = time.perf_counter()
-            Ours._cache[path] = distance.load_distance_model(path)
+            Ours._cache[path] = model_io.load_distance_model(path)
             log(f"  loaded {path} in {time.perf_counter() - t:.1f} s")
         self.model, self.meta = Ours._cache[path]
         self.head = self.meta.get("head", "angle")
         if int(self.meta.get("image_size", size)) != size:
             raise SystemExit(f"ERROR: {path} expects {self.meta['image_size']} px images; the "
                              f"images here are {size} px (--size)")
-        self.transforms, _ = recovery.image_transforms()
+        self.transforms, _ = graph.image_transforms()
 
     def embed(self, images):
         k, n = len(self.transforms), len(images)
-        stacked = np.concatenate([imaging.apply_image_transform(images, g)
+        stacked = np.concatenate([image_ops.apply_image_transform(images, g)
                                   for g in self.transforms])
-        return self.distance.embed(self.model, stacked).reshape(k, n, -1)
+        return self.network.embed(self.model, stacked).reshape(k, n, -1)
 
     def recover(self, features, seed, n_steps):
         return recovery.recover_from_features(
             features, self.transforms, seed=seed, n_steps=n_steps,
-            distance_map=lambda a: self.distance.angle_to_distance(a, self.head))
+            distance_map=lambda a: self.network.angle_to_distance(a, self.head))
 
 
 def run_ours(ours, images, q_true, n, args, log):

@@ -2,8 +2,8 @@
 
 Per particle count (``--sizes``): project the 5j0n map (zero-padded to ``--box`` px at
 3.667 A/px, as in ``benchmarks/paper.py``) in uniformly random orientations with
-``imaging.project`` (timed as "simulate"), reconstruct with
-``reconstruct.reconstruct_fourier`` from the true orientations (timed as "reconstruct":
+``projection.project`` (timed as "simulate"), reconstruct with
+``reconstruction.reconstruct_fourier`` from the true orientations (timed as "reconstruct":
 the number the target is about, 5,000 particles at 116 px in under 60 s on 2 CPU
 cores), then reconstruct again from orientations perturbed by a random rotation of
 exactly ``--perturb`` degrees per particle (random axis, seeded) and from two random
@@ -12,7 +12,7 @@ between the halves). Each particle count runs in its own process, so the peak RS
 one does not hide in another's. Prints one markdown table (columns: particle counts).
 
 Images are noiseless by default (``--sigma2`` adds white noise relative to
-unit-variance clean images, as ``imaging.simulate_particles`` does); then, with true
+unit-variance clean images, as ``simulation.simulate_particles`` does); then, with true
 orientations, the resolution is limited by the box: a value shown as "(Nyquist)" means
 the FSC never dropped below the threshold.
 
@@ -40,7 +40,7 @@ for p in (REPO, HERE):
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 
-from orientlearn.core import geometry, imaging, reconstruct  # noqa: E402
+from orientlearn.core import fsc, geometry, projection, reconstruction  # noqa: E402
 from orientlearn.core.progress import ProgressReporter  # noqa: E402
 from paper import write_report, MAP_PATH, git_commit, peak_rss_mb, support_radius, volume_at_size  # noqa: E402
 
@@ -65,7 +65,7 @@ def perturb_orientations(quats, angle, axes):
 def simulate(true_map, n, seed, sigma2, chunk):
     """``n`` projections of ``true_map`` in random orientations, float32 ``(n, N, N)``.
 
-    ``imaging.project`` writes straight into one preallocated array (no full-size
+    ``projection.project`` writes straight into one preallocated array (no full-size
     temporaries); clean images are scaled to unit variance on average and, if
     ``sigma2``, white Gaussian noise of that variance is added, chunk by chunk."""
     if not isinstance(seed, np.random.SeedSequence):
@@ -73,12 +73,12 @@ def simulate(true_map, n, seed, sigma2, chunk):
     s_orient, s_noise = seed.spawn(2)
     quats = geometry.sample_orientations(n, seed=int(s_orient.generate_state(1)[0]))
     size = true_map.shape[0]
-    spec = imaging.prepare_volume(true_map)
+    spec = projection.prepare_volume(true_map)
     images = np.empty((n, size, size), dtype=np.float32)
     report = ProgressReporter(log, "  simulate", "images", interval=10.0)
     for b0 in range(0, n, chunk):
         b1 = min(n, b0 + chunk)
-        imaging.project(spec, quats[b0:b1], out=images[b0:b1])
+        projection.project(spec, quats[b0:b1], out=images[b0:b1])
         report(b1, n)
     del spec
     var = sum(float(np.var(images[b0:b0 + chunk], axis=(1, 2), dtype=np.float64).sum())
@@ -99,7 +99,7 @@ def resolutions(freq, values):
     nyquist = 1.0 / np.max(freq)
     out = {}
     for key, threshold in (("fsc05", 0.5), ("fsc0143", 0.143)):
-        r = reconstruct.resolution_at(freq, values, threshold)
+        r = fsc.resolution_at(freq, values, threshold)
         out[key] = r
         out[key + "_nyquist"] = bool(np.isclose(r, nyquist))
     return out
@@ -123,15 +123,15 @@ def run_size(args, n):
 
     def rebuild(label, imgs, orientations):
         report = ProgressReporter(log, f"  reconstruct ({label})", "images", interval=10.0)
-        return reconstruct.reconstruct_fourier(imgs, orientations, progress=report, **recon)
+        return reconstruction.reconstruct_fourier(imgs, orientations, progress=report, **recon)
 
     t = time.perf_counter()
     vol = rebuild("true orientations", images, quats)
     res["time_reconstruct"] = time.perf_counter() - t
     res["rss_reconstruct"] = peak_rss_mb()
     log(f"  reconstructed {n} particles in {res['time_reconstruct']:.1f} s")
-    fsc = {}
-    fsc["0"] = resolutions(*reconstruct.fsc(vol, true_map, pixel_size))
+    res_vs_truth = {}
+    res_vs_truth["0"] = resolutions(*fsc.fsc(vol, true_map, pixel_size))
     del vol
 
     t = time.perf_counter()
@@ -141,14 +141,14 @@ def run_size(args, n):
             continue
         q = perturb_orientations(quats, np.radians(deg), axes)
         vol = rebuild(f"{deg:g} deg perturbed", images, q)
-        fsc[f"{deg:g}"] = resolutions(*reconstruct.fsc(vol, true_map, pixel_size))
+        res_vs_truth[f"{deg:g}"] = resolutions(*fsc.fsc(vol, true_map, pixel_size))
         del vol
     res["time_perturbed"] = time.perf_counter() - t
-    res["fsc"] = fsc
+    res["fsc"] = res_vs_truth
 
     if not args.no_half_maps:
         t = time.perf_counter()
-        _, _, freq, values = reconstruct.half_map_fsc(
+        _, _, freq, values = fsc.half_map_fsc(
             images, quats, pixel_size=pixel_size, seed=int(seeds[2].generate_state(1)[0]),
             progress=ProgressReporter(log, "  reconstruct (half maps)", "images", 10.0),
             **recon)
@@ -249,7 +249,7 @@ def main(argv=None):
         usable = len(os.sched_getaffinity(0))
     except AttributeError:                              # pragma: no cover (macOS)
         usable = os.cpu_count()
-    threads = args.threads or reconstruct._default_threads()
+    threads = args.threads or reconstruction._default_threads()
     header = (f"## orientlearn reconstruction benchmark: 5j0n, {args.box} px at "
               f"{pixel_size:.3f} Å/px, reconstruct_fourier (CPU)"
               + (f", noise σ²={args.sigma2:g}" if args.sigma2 else ", noiseless")
@@ -263,7 +263,7 @@ def main(argv=None):
                      f"{'met' if t < TARGET['seconds'] else 'NOT met'} ({t:.1f} s, "
                      f"{threads} threads)")
     notes += [
-        "- simulate: imaging.project (Fourier slice, oversampling 2, interleaved) in "
+        "- simulate: projection.project (Fourier slice, oversampling 2, interleaved) in "
         "uniformly random orientations, scaled to unit variance"
         + (f", white noise σ²={args.sigma2:g}" if args.sigma2 else ", no noise")
         + "; no CTF, no shifts",
@@ -272,9 +272,9 @@ def main(argv=None):
         "peak RSS are for the true-orientation reconstruction (images already in memory; "
         "each particle count in its own process)"
         + (" [--in-process: peak RSS accumulates across columns]" if args.in_process else ""),
-        "- FSC vs the true map (reconstruct.fsc, resolution_at); perturbed: each particle's "
+        "- FSC vs the true map (fsc.fsc, resolution_at); perturbed: each particle's "
         "orientation rotated by exactly that angle about a random axis (seeded, same axes "
-        "for every angle); half maps: reconstruct.half_map_fsc, two random halves; "
+        "for every angle); half maps: fsc.half_map_fsc, two random halves; "
         "\"(Nyquist)\": the curve never crossed the threshold",
         f"- machine: {platform.platform()}, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs ({usable} usable), numpy {np.__version__}, scipy "

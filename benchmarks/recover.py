@@ -3,8 +3,8 @@
 Per size P (each in a fresh child process, so that its peak memory is its own): draw P
 uniform orientations, make per-transform features from them (``quaternion_features``,
 as ``orientlearn/tests/test_recovery.py`` does, under the 8 image-side transforms of
-``recovery.image_transforms()``), build the graph from the features
-(``recovery.build_graph``, which picks brute force or the inverted file by size), replace
+``graph.image_transforms()``), build the graph from the features
+(``graph.build_graph``, which picks brute force or the inverted file by size), replace
 each edge's estimate by the exact distance ``d_q(q_i, g_k q_j)`` plus Gaussian noise
 (``--noise`` rad, clipped to ``[0, pi]``), weight the edges as ``recover_from_features``
 does and run ``recovery.recover_orientations`` (spectral start, ambiguity check, Adam).
@@ -42,7 +42,7 @@ for p in (REPO, HERE):
 
 import numpy as np  # noqa: E402
 
-from orientlearn.core import alignment, geometry, recovery  # noqa: E402
+from orientlearn.core import alignment, geometry, graph, recovery  # noqa: E402
 from paper import write_report, git_commit, peak_rss_mb  # noqa: E402
 
 CHILD_FLAG = "--child-size"
@@ -68,15 +68,15 @@ def current_rss_mb():
         return float("nan")
 
 
-def neighbour_recall(features, graph, n_queries, seed=0, block=8):
+def neighbour_recall(features, edges, n_queries, seed=0, block=8):
     """Fraction of the exact ``n`` nearest ``(j, k)`` of ``n_queries`` random particles
     that the graph's neighbour edges contain (brute force for those particles only)."""
     K, N, _ = features.shape
     flat = features.reshape(K * N, -1)
     flat = flat / np.linalg.norm(flat, axis=1, keepdims=True)
-    nb = ~graph.is_random
-    n = int(np.bincount(graph.i[nb], minlength=N).max())
-    found = (graph.k[nb] * N + graph.j[nb]).reshape(N, n)     # rows in particle order
+    nb = ~edges.is_random
+    n = int(np.bincount(edges.i[nb], minlength=N).max())
+    found = (edges.k[nb] * N + edges.j[nb]).reshape(N, n)     # rows in particle order
     queries = np.random.default_rng(seed).choice(N, size=min(n_queries, N), replace=False)
     hits = 0
     for s in range(0, len(queries), block):
@@ -91,29 +91,29 @@ def neighbour_recall(features, graph, n_queries, seed=0, block=8):
 def run_size(P, args):
     """One size, in this process: returns a dict of the measurements."""
     log = lambda msg: print(f"[P={P}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    transforms, _ = recovery.image_transforms()
+    transforms, _ = graph.image_transforms()
     q_true = geometry.uniform_quaternions(P, seed=args.seed)
     features = quaternion_features(q_true, transforms)
     rss_start = current_rss_mb()
     log(f"features {features.shape}; building the graph")
     t0 = time.perf_counter()
-    graph = recovery.build_graph(features, n_neighbors=args.n_neighbors,
+    edges = graph.build_graph(features, n_neighbors=args.n_neighbors,
                                  n_random=args.n_random, seed=args.seed)
     t_graph = time.perf_counter() - t0
-    log(f"graph: {graph!r}, {graph.search} search, {t_graph:.1f} s")
-    d_true = geometry.distance(q_true[graph.i],
-                               geometry.multiply(transforms[graph.k], q_true[graph.j]))
-    noise = np.random.default_rng(args.seed + 1).standard_normal(len(graph))
+    log(f"graph: {edges!r}, {edges.search} search, {t_graph:.1f} s")
+    d_true = geometry.distance(q_true[edges.i],
+                               geometry.multiply(transforms[edges.k], q_true[edges.j]))
+    noise = np.random.default_rng(args.seed + 1).standard_normal(len(edges))
     d_hat = np.clip(d_true + args.noise * noise, 0.0, np.pi)
     del d_true, noise
-    weights = recovery.edge_weights(d_hat, "gaussian", 1.0)
+    weights = graph.edge_weights(d_hat, "gaussian", 1.0)
 
     def progress(done, total):
         if done % 100 == 0 or done == total:
             log(f"optimisation step {done}/{total}")
 
     q_est, info = recovery.recover_orientations(
-        graph.i, graph.j, d_hat=d_hat, weights=weights, n_particles=P, k=graph.k,
+        edges.i, edges.j, d_hat=d_hat, weights=weights, n_particles=P, k=edges.k,
         transforms=transforms, n_steps=args.n_steps, seed=args.seed, progress=progress,
         loss=args.loss, loss_scale=args.loss_scale)
     peak = peak_rss_mb()
@@ -123,9 +123,9 @@ def run_size(P, args):
     err_rot = alignment.orientation_errors(q_true, q_rot)
     _, q_o4 = alignment.align_o4(q_true, q_est, rotation_info=rot_info)
     err_o4 = alignment.orientation_errors(q_true, q_o4)
-    recall = neighbour_recall(features, graph, args.recall_queries, seed=args.seed)
+    recall = neighbour_recall(features, edges, args.recall_queries, seed=args.seed)
     amb = info.get("ambiguity", {})
-    return dict(P=P, search=graph.search, edges=len(graph), recall=recall,
+    return dict(P=P, search=edges.search, edges=len(edges), recall=recall,
                 graph_s=t_graph, init_s=info["seconds_init"],
                 optimize_s=info["seconds_optimize"],
                 total_s=t_graph + info["seconds_init"] + info["seconds_optimize"],

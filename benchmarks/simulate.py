@@ -1,4 +1,4 @@
-"""Simulation speed: projections per second of ``imaging.simulate_particles`` on the CPU.
+"""Simulation speed: projections per second of ``simulation.simulate_particles`` on the CPU.
 
 5j0n in a 116 px box at 3.667 A/px (the map zero-padded, as in the paper and
 ``benchmarks/paper.py``), ``N`` uniform orientations (default 5,000), three pipelines:
@@ -9,9 +9,9 @@ with ``--repeats`` > 1 the best time is kept. The issue's target (5,000 projecti
 CTF and noise in under 30 s on 2 CPU cores) is checked on the last row, scaled to 5,000
 when ``--n`` differs.
 
-When ASTRA sees a CUDA device (``imaging.has_cuda()``), the GPU projector
-``imaging.project_astra`` is timed on the same orientations and compared with the CPU
-projector ``imaging.project`` on ``--compare`` orientations (max over images of the
+When ASTRA sees a CUDA device (``projection.has_cuda()``), the GPU projector
+``projection.project_astra`` is timed on the same orientations and compared with the CPU
+projector ``projection.project`` on ``--compare`` orientations (max over images of the
 relative L2 difference ``||astra - cpu|| / ||cpu||``); otherwise its row says so.
 
 Usage::
@@ -36,7 +36,7 @@ for p in (REPO, HERE):
 
 import numpy as np  # noqa: E402
 
-from orientlearn.core import geometry, imaging  # noqa: E402
+from orientlearn.core import geometry, projection, simulation  # noqa: E402
 from paper import (write_report, MAP_PATH, git_commit, machine_description, peak_rss_mb,  # noqa: E402
                    volume_at_size)
 
@@ -74,15 +74,15 @@ def pipelines(args):
 
 def astra_rows(args, vol, log):
     """Rows for the ASTRA path: timing and agreement with the CPU projector."""
-    if not imaging.has_cuda():
+    if not projection.has_cuda():
         return [("ASTRA projection (GPU, `project_astra`)", "—", "not measured (no CUDA GPU)",
                  "—", "—")]
     quats = geometry.uniform_quaternions(args.n, seed=args.seed)
-    imaging.project_astra(vol, quats[:8])                          # warm-up
-    t, _ = time_call(lambda: imaging.project_astra(vol, quats), args.repeats)
+    projection.project_astra(vol, quats[:8])                          # warm-up
+    t, _ = time_call(lambda: projection.project_astra(vol, quats), args.repeats)
     q_cmp = quats[:args.compare]
-    gpu = imaging.project_astra(vol, q_cmp).astype(np.float64)
-    cpu = imaging.project(vol, q_cmp).astype(np.float64)
+    gpu = projection.project_astra(vol, q_cmp).astype(np.float64)
+    cpu = projection.project(vol, q_cmp).astype(np.float64)
     rel = (np.linalg.norm((gpu - cpu).reshape(len(q_cmp), -1), axis=1)
            / np.maximum(np.linalg.norm(cpu.reshape(len(q_cmp), -1), axis=1), 1e-30))
     log(f"  ASTRA: {args.n} projections in {t:.2f} s; max rel. diff {rel.max():.4f}")
@@ -125,11 +125,11 @@ def main(argv=None):
     vol, pixel_size = volume_at_size(args.size, args.map)
     log(f"map {args.map}: box {args.size}, {pixel_size:.3f} A/px; N = {args.n}")
     common = dict(seed=args.seed, voxel_size=pixel_size, return_clean=False)
-    imaging.simulate_particles(vol, 4, **common)                  # warm-up (FFT plans, imports)
+    simulation.simulate_particles(vol, 4, **common)                  # warm-up (FFT plans, imports)
 
     rows, last = [], None
     for label, kw in pipelines(args):
-        t, _ = time_call(lambda: imaging.simulate_particles(vol, args.n, **common, **kw),
+        t, _ = time_call(lambda: simulation.simulate_particles(vol, args.n, **common, **kw),
                          args.repeats)
         log(f"  {label}: {t:.2f} s")
         rows.append((label, f"{args.n}", f"{t:.2f}", f"{args.n / t:.0f}", ""))
@@ -155,12 +155,12 @@ def main(argv=None):
     shared = max(load_start, load_end) > 0.5 * ncpu
     notes = [
         "",
-        f"- one `imaging.simulate_particles` call per row (orientations, projection, CTF/shifts "
+        f"- one `simulation.simulate_particles` call per row (orientations, projection, CTF/shifts "
         f"on a 2x padded box, scaling, noise; `return_clean=False`), seed {args.seed}, "
         f"best of {args.repeats}; the volume's FFT is prepared inside each call and counted",
         f"- machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, "
         f"TensorFlow {m['tensorflow']}, GPU: {m['gpu']}; ASTRA CUDA: "
-        f"{'yes' if imaging.has_cuda() else 'no'}",
+        f"{'yes' if projection.has_cuda() else 'no'}",
         f"- CPU load average (1 min) at start / end: {load_start:.2f} / {load_end:.2f} on "
         f"{ncpu} CPUs" + (" — the CPU was SHARED with other work, rates are pessimistic"
                           if shared else ""),

@@ -4,12 +4,12 @@ The paper's setting, as ``benchmarks/paper.py`` makes it: 5,000 projections of 5
 116 px (3.667 A/px, the map zero-padded), uniform SO(3), Fourier-downsampled for the
 network to ``--net-size`` (64), split 2,512 / 838 / 1,650 (train / validation / test,
 ``split_sizes``); the network is trained on train + validation with
-``validation_fraction = 838 / 3,350`` (``distance.validation_indices`` gives the same
+``validation_fraction = 838 / 3,350`` (``model_io.validation_indices`` gives the same
 held-out particles back). Per noise level (``--sigma2``, 0 = noiseless):
 
 - training throughput (pairs/s, images/s; a batch of B images supervises B(B-1)/2
   pairs, half of the batch being rotated / mirrored copies): ``--throughput-steps``
-  steps of ``distance.train_distance_model`` on a fresh network (the first, tracing
+  steps of ``training.train_distance_model`` on a fresh network (the first, tracing
   step excluded);
 - unless ``--model``: the full training (``--epochs``, early stopping, ``--train-minutes``
   budget: as paper.py), its time and best validation L_DE (on the training's
@@ -53,7 +53,7 @@ for p in (REPO, HERE):
 
 import numpy as np  # noqa: E402
 
-from orientlearn.core import distance, geometry, imaging  # noqa: E402
+from orientlearn.core import geometry, image_ops, model_io, network, simulation, training  # noqa: E402
 from paper import (write_report, MAP_PATH, downsampled_noise_factor, git_commit, machine_description, peak_rss_mb,  # noqa: E402
                    split_sizes, volume_at_size)
 
@@ -62,7 +62,7 @@ from paper import (write_report, MAP_PATH, downsampled_noise_factor, git_commit,
 TARGET_MAE = {0.0: 0.215, 16.0: 0.278}
 TARGET_TRAIN_MIN = 30.0
 BIN_WIDTH = 0.1                 # rad, bins of d_q
-MIN_WEIGHT_DISTANCE = 0.25      # as distance._pair_loss_tf's 'density' weighting
+MIN_WEIGHT_DISTANCE = 0.25      # as training._pair_loss_tf's 'density' weighting
 
 
 class _TimeUp(Exception):
@@ -75,7 +75,7 @@ def simulate_like_paper(args, sigma2, true_map, pixel_size, with_clean=False):
     downsampling for the network. Returns ``(net_images, quaternions, net_clean)``;
     ``net_clean`` (the images before noise, for training with fresh noise as paper.py
     does) is None unless ``with_clean`` and ``sigma2``."""
-    sim = imaging.simulate_particles(
+    sim = simulation.simulate_particles(
         true_map, args.n_particles, sigma2=sigma2 or None, seed=args.seed,
         voxel_size=pixel_size, ctf=True if args.ctf_shifts else None,
         max_shift=args.max_shift if args.ctf_shifts else 0.0,
@@ -83,7 +83,7 @@ def simulate_like_paper(args, sigma2, true_map, pixel_size, with_clean=False):
     images, quats = sim["images"], sim["quaternions"]
 
     def to_net(x):
-        return imaging.downsample(x, args.net_size) if args.net_size != x.shape[-1] else x
+        return image_ops.downsample(x, args.net_size) if args.net_size != x.shape[-1] else x
     clean = None if sim["clean"] is None else to_net(sim["clean"])
     return to_net(images), quats, clean
 
@@ -94,7 +94,7 @@ def paper_split(n, seed):
     first ``n_train + n_val`` with ``validation_fraction = n_val / (n_train + n_val)``."""
     n_train, n_val, n_test = split_sizes(n)
     n_fit = n_train + n_val
-    val = distance.validation_indices(n_fit, n_val / n_fit, seed=seed)[0]
+    val = model_io.validation_indices(n_fit, n_val / n_fit, seed=seed)[0]
     train = np.setdiff1d(np.arange(n_fit), val)
     return train, val, np.arange(n_fit, n)
 
@@ -111,7 +111,7 @@ def random_pairs(n, n_pairs, rng):
 def pair_metrics(features, quats, n_pairs, seed, head="angle"):
     """d_hat vs d_q on random pairs: overall numbers and per-bin numbers."""
     i, j = random_pairs(len(features), n_pairs, np.random.default_rng(seed))
-    d_hat = distance.feature_distance(features[i], features[j], head)
+    d_hat = network.feature_distance(features[i], features[j], head)
     d_q = geometry.distance(quats[i], quats[j])
     err = d_hat - d_q
     w = 1.0 / np.maximum(1.0 - np.cos(d_q), 1.0 - np.cos(MIN_WEIGHT_DISTANCE))
@@ -143,9 +143,9 @@ def measure_throughput(args, images, quats, architecture, n_features, width, lik
         import keras
         model = keras.models.clone_model(like)
     else:
-        model = distance.build_embedding_network(architecture, n_features, width,
+        model = network.build_embedding_network(architecture, n_features, width,
                                                  seed=args.seed)
-    _, h = distance.train_distance_model(
+    _, h = training.train_distance_model(
         images, quats, architecture=architecture, epochs=1, batch_size=args.batch_size,
         validation_fraction=0.0, patience=None, steps_per_epoch=args.throughput_steps,
         seed=args.seed, model=model)
@@ -165,11 +165,11 @@ def train(args, images, quats, n_val, log, augmentation=None):
         if deadline is not None and time.perf_counter() > deadline:
             raise _TimeUp()
 
-    model = distance.build_embedding_network(args.architecture, args.n_features, args.width,
+    model = network.build_embedding_network(args.architecture, args.n_features, args.width,
                                              seed=args.seed)
     info = {}
     try:
-        model, history = distance.train_distance_model(
+        model, history = training.train_distance_model(
             images, quats, architecture=args.architecture, epochs=args.epochs,
             batch_size=args.batch_size, validation_fraction=n_val / len(images),
             steps_per_epoch=args.steps_per_epoch, seed=args.seed, progress=on_epoch,
@@ -199,7 +199,7 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
     log(f"  simulated {args.n_particles} particles in {res['t_simulate']:.1f} s")
 
     if args.model:
-        model, meta = distance.load_distance_model(args.model)
+        model, meta = model_io.load_distance_model(args.model)
         arch = meta.get("architecture", args.architecture)
         n_features = int(meta.get("n_features", model.output_shape[-1]))
         width = None      # the throughput network is a clone of the model's
@@ -217,7 +217,7 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
 
     # Training steps of a full run, for the estimate when not trained here.
     distinct = args.batch_size - int(round(args.batch_size
-                                           * distance.DEFAULT_AUGMENTATION["copy_fraction"]))
+                                           * training.DEFAULT_AUGMENTATION["copy_fraction"]))
     steps = args.steps_per_epoch or max(1, len(train_idx) // distinct)
     res["train_estimate"] = args.epochs * steps * args.batch_size / res["images_per_s"]
     res["train_steps"] = f"{args.epochs} epochs × {steps} steps × {args.batch_size} images"
@@ -234,15 +234,15 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
         if args.save_model:
             path = os.path.join(args.save_model,
                                 f"5j0n_sigma2_{sigma2:g}_{args.net_size}px.keras")
-            distance.save_distance_model(model, path, dict(
+            model_io.save_distance_model(model, path, dict(
                 image_size=args.net_size, pixel_size=pixel_size * args.size / args.net_size,
                 architecture=args.architecture, symmetry="C1", sigma2=sigma2, head=args.head,
                 source="benchmarks/train.py", seed=args.seed, n_particles=args.n_particles))
             res["model"] += f", saved to `{path}`"
 
     t = time.perf_counter()
-    f_val = distance.embed(model, images[val_idx])
-    f_test = distance.embed(model, images[test_idx])
+    f_val = network.embed(model, images[val_idx])
+    f_test = network.embed(model, images[test_idx])
     res["t_embed"] = time.perf_counter() - t
     res["val"] = pair_metrics(f_val, quats[val_idx], args.pairs, [args.seed, 7], args.head)
     res["test"] = pair_metrics(f_test, quats[test_idx], args.pairs, [args.seed, 8], args.head)
@@ -354,10 +354,10 @@ def parse_args(argv=None):
     ap.add_argument("--model", metavar="PATH",
                     help="evaluate this saved model (.keras) instead of training; one --sigma2")
     ap.add_argument("--save-model", metavar="DIR", help="save each trained model here")
-    ap.add_argument("--architecture", default="resnet", choices=distance.ARCHITECTURES)
+    ap.add_argument("--architecture", default="resnet", choices=network.ARCHITECTURES)
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--n-features", type=int, default=64)
-    ap.add_argument("--head", choices=distance.DISTANCE_HEADS, default="rotation",
+    ap.add_argument("--head", choices=network.DISTANCE_HEADS, default="rotation",
                     help="distance head when training (with --model: the model's own)")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--steps-per-epoch", type=int, default=None)
@@ -379,7 +379,7 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     meta = {}
     if args.model:
-        meta = distance.load_distance_model(args.model)[1]
+        meta = model_io.load_distance_model(args.model)[1]
         if args.sigma2 is None:
             args.sigma2 = [float(meta.get("sigma2", 0.0))]
         if len(args.sigma2) != 1:
@@ -444,7 +444,7 @@ def main(argv=None):
         "(all epochs; early stopping usually ends sooner): benchmarks/paper.py times the "
         "real runs",
         "- validation particles: those `train_distance_model` held out of train + validation "
-        "(`distance.validation_indices`; used for early stopping, never for gradients); test "
+        "(`model_io.validation_indices`; used for early stopping, never for gradients); test "
         "particles: the last ones of the split, never seen in training",
         "- 'd_q made uniform': MAE per 0.1 rad bin of d_q averaged with bin-width weights; "
         "density-weighted MSE: training's 'density' weights 1 / max(1 - cos d_q, "

@@ -230,9 +230,9 @@ def has_projection_alignment(particles):
 def read_volume_on_grid(volume_obj, size, pixel_size):
     """The map of a Scipion ``Volume`` resampled to ``pixel_size`` (A) and cropped or
     zero-padded to a ``size``-voxel cube: ``(size, size, size)`` float array."""
-    from .core import imaging
-    vol, _ = imaging.read_volume(clean_path(volume_obj.getFileName()))
+    from .core import volumes
+    vol, _ = volumes.read_volume(clean_path(volume_obj.getFileName()))
     new = int(round(vol.shape[0] * volume_obj.getSamplingRate() / pixel_size))
     if new != vol.shape[0]:
-        vol = imaging.downsample_volume(vol, new)
-    return imaging.crop_or_pad_volume(vol, size)
+        vol = volumes.downsample_volume(vol, new)
+    return volumes.crop_or_pad_volume(vol, size)

@@ -354,7 +354,7 @@ def run_aspire(python, images, pixel_size, n_theta=360, workdir=None, tag="", se
 # ----------------------------------------------------------------------------- conventions
 
 def _transforms():
-    from .recovery import image_transforms
+    from .graph import image_transforms
     return image_transforms()
 
 

@@ -83,7 +83,7 @@ class OrientLearnProtAspire(OrientLearnProtBase):
 
     # -------------------------- STEPS -------------------------------------------
     def estimateStep(self):
-        from ..core import imaging
+        from ..core import image_ops
         python, where = aspire_python()
         if python is None:
             raise RuntimeError(where)
@@ -96,7 +96,7 @@ class OrientLearnProtAspire(OrientLearnProtBase):
         if box != images.shape[-1]:
             self.info(f"Fourier-downsampling {len(images)} images {images.shape[-1]} -> {box} px.")
             pixel_size *= images.shape[-1] / box
-            images = imaging.downsample(images, box)
+            images = image_ops.downsample(images, box)
         self.info(f"CLSyncVoting (n_theta {self.nTheta.get()}) on {len(images)} images of "
                   f"{box} px ({pixel_size:.3f} A/px).")
         rotations, info = peer_aspire.run_aspire(

@@ -99,18 +99,18 @@ class OrientLearnProtCompare(OrientLearnProtBase):
 
     def _compareMaps(self):
         """FSC of the evaluated map against the reference (best handedness)."""
-        from ..core import imaging, reconstruct
+        from ..core import fsc, volumes
         vol_obj = self.inputVolume.get()
         px = vol_obj.getSamplingRate()
-        vol, _ = imaging.read_volume(convert.clean_path(vol_obj.getFileName()))
+        vol, _ = volumes.read_volume(convert.clean_path(vol_obj.getFileName()))
         ref = convert.read_volume_on_grid(self.referenceVolume.get(), vol.shape[0], px)
         self._checkFinite(vol, "Map to evaluate")
         self._checkFinite(ref, "Reference map")
-        freq, values, flipped = reconstruct.fsc_with_handedness(vol, ref, px)
+        freq, values, flipped = fsc.fsc_with_handedness(vol, ref, px)
         np.savez(self._getExtraPath(MAP_FSC_FILE), freq=freq, fsc=values, pixel_size=px,
                  flipped=flipped)
-        res = dict(map_fsc05=float(reconstruct.resolution_at(freq, values, 0.5)),
-                   map_fsc0143=float(reconstruct.resolution_at(freq, values, 0.143)),
+        res = dict(map_fsc05=float(fsc.resolution_at(freq, values, 0.5)),
+                   map_fsc0143=float(fsc.resolution_at(freq, values, 0.143)),
                    map_flipped=bool(flipped))
         self.info(f"Map FSC vs reference: {res['map_fsc05']:.2f} A at 0.5, "
                   f"{res['map_fsc0143']:.2f} A at 0.143"

@@ -74,25 +74,26 @@ class OrientLearnProtReconstruct(OrientLearnProtBase):
         _, images = convert.read_particle_images(parts)
         self._checkFinite(images, "Input images")
         _, quats, shifts = convert.particle_orientations(parts)
-        ctf = convert.particle_ctfs(parts) if self.doCtfCorrection else None
-        return images, quats, shifts, ctf
+        ctf_params = convert.particle_ctfs(parts) if self.doCtfCorrection else None
+        return images, quats, shifts, ctf_params
 
-    def _ctfArrays(self, ctf, size, pixel_size):
-        if ctf is None:
+    def _ctfArrays(self, ctf_params, size, pixel_size):
+        if ctf_params is None:
             return None
-        from ..core import imaging
-        return imaging.ctf_2d_batch(size, pixel_size, ctf["defocus_u"], ctf["defocus_v"],
-                                    ctf["astig_angle"], voltage=ctf["voltage"], cs=ctf["cs"],
-                                    amplitude_contrast=ctf["amplitude_contrast"])
+        from ..core import ctf
+        p = ctf_params
+        return ctf.ctf_2d_batch(size, pixel_size, p["defocus_u"], p["defocus_v"],
+                                p["astig_angle"], voltage=p["voltage"], cs=p["cs"],
+                                amplitude_contrast=p["amplitude_contrast"])
 
     def reconstructStep(self):
-        from ..core import reconstruct
+        from ..core import fsc, reconstruction
         self._configureDevices()
         parts = self.inputParticles.get()
         px = parts.getSamplingRate()
-        images, quats, shifts, ctf = self._readInputs()
+        images, quats, shifts, ctf_params = self._readInputs()
         size = images.shape[-1]
-        ctfs = self._ctfArrays(ctf, size, px)
+        ctfs = self._ctfArrays(ctf_params, size, px)
         R = geometry.quaternion_to_matrix(quats)
         mask = self.maskRadius.get() if self.maskRadius.get() > 0 else None
         rng = np.random.default_rng(self.seed.get())
@@ -100,9 +101,9 @@ class OrientLearnProtReconstruct(OrientLearnProtBase):
 
         def run(sel, label):
             if self.method == RECONSTRUCT_ASTRA:
-                return reconstruct.reconstruct_astra(images[sel], R[sel], shifts=shifts[sel],
+                return reconstruction.reconstruct_astra(images[sel], R[sel], shifts=shifts[sel],
                                                      iterations=self.iterations.get())
-            return reconstruct.reconstruct_fourier(
+            return reconstruction.reconstruct_fourier(
                 images[sel], R[sel], shifts=shifts[sel],
                 ctfs=None if ctfs is None else ctfs[sel], symmetry=self.symmetryGroup.get(),
                 wiener_constant=self.wienerConstant.get(), mask_radius=mask,
@@ -113,18 +114,18 @@ class OrientLearnProtReconstruct(OrientLearnProtBase):
         half2 = run(np.flatnonzero(half == 1), "Half map 2")
         for name, vol in (("volume.mrc", full), ("half1.mrc", half1), ("half2.mrc", half2)):
             convert.write_volume(self._getExtraPath(name), vol, px)
-        freq, fsc_half = reconstruct.fsc(half1, half2, pixel_size=px)
+        freq, fsc_half = fsc.fsc(half1, half2, pixel_size=px)
         arrays = dict(freq=freq, fsc_half=fsc_half, pixel_size=np.array(px))
         ref = self._readReference(size, px)
         if ref is not None:
-            freq_r, fsc_ref, flipped = reconstruct.fsc_with_handedness(full, ref, pixel_size=px)
+            freq_r, fsc_ref, flipped = fsc.fsc_with_handedness(full, ref, pixel_size=px)
             arrays.update(fsc_ref=fsc_ref, ref_flipped=np.array(bool(flipped)))
             self.info("FSC vs reference" + (" (after flipping handedness)" if flipped else ""))
         np.savez(self._getExtraPath(FSC_FILE), **arrays)
         for key in ("fsc_half", "fsc_ref"):
             if key in arrays:
-                r5 = reconstruct.resolution_at(freq, arrays[key], 0.5)
-                r143 = reconstruct.resolution_at(freq, arrays[key], 0.143)
+                r5 = fsc.resolution_at(freq, arrays[key], 0.5)
+                r143 = fsc.resolution_at(freq, arrays[key], 0.143)
                 self.info(f"{key}: FSC0.5 {r5:.2f} A, FSC0.143 {r143:.2f} A")
 
     def _readReference(self, size, px):
@@ -154,13 +155,13 @@ class OrientLearnProtReconstruct(OrientLearnProtBase):
     def getResolutions(self):
         """{'fsc_half': (FSC0.5 A, FSC0.143 A), 'fsc_ref': (...)} from the saved curves."""
         import os
-        from ..core import reconstruct
+        from ..core import fsc
         path = self._getExtraPath(FSC_FILE)
         if not os.path.exists(path):
             return {}
         data = self._loadArrays(FSC_FILE)
-        return {k: (reconstruct.resolution_at(data["freq"], data[k], 0.5),
-                    reconstruct.resolution_at(data["freq"], data[k], 0.143))
+        return {k: (fsc.resolution_at(data["freq"], data[k], 0.5),
+                    fsc.resolution_at(data["freq"], data[k], 0.143))
                 for k in ("fsc_half", "fsc_ref") if k in data}
 
     # -------------------------- INFO ---------------------------------------------
@@ -173,7 +174,7 @@ class OrientLearnProtReconstruct(OrientLearnProtBase):
         except ValueError as e:
             errors.append(str(e))
         if self.method == RECONSTRUCT_ASTRA:
-            from ..core.imaging import has_cuda
+            from ..core.projection import has_cuda
             if not has_cuda():
                 errors.append("ASTRA CGLS needs a CUDA GPU and none is available: choose "
                               "Fourier inversion.")

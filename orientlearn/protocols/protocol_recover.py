@@ -90,15 +90,15 @@ class OrientLearnProtRecover(OrientLearnProtBase):
 
     # -------------------------- STEPS -------------------------------------------
     def _transforms(self):
-        from ..core.recovery import image_transforms
+        from ..core.graph import image_transforms
         return image_transforms(n_rotations=4, mirror=True)[0] if self.useTransforms \
             else image_transforms(n_rotations=1, mirror=False)[0]
 
     def embedStep(self):
         self._configureDevices()
-        from ..core import distance, imaging
+        from ..core import image_ops, model_io, network
         model_obj = self.inputModel.get()
-        model, meta = distance.load_distance_model(model_obj.getFileName())
+        model, meta = model_io.load_distance_model(model_obj.getFileName())
         ids, images = convert.read_particle_images(self.inputParticles.get())
         self._checkFinite(images, "Input images")
         images = self._toModelGrid(images, model_obj)
@@ -106,7 +106,7 @@ class OrientLearnProtRecover(OrientLearnProtBase):
         feats = []
         for k, g in enumerate(transforms):
             self.info(f"Embedding transform {k + 1}/{len(transforms)}")
-            feats.append(distance.embed(model, imaging.apply_image_transform(images, g),
+            feats.append(network.embed(model, image_ops.apply_image_transform(images, g),
                                         progress=self._progress(f"Embedding {k + 1}/{len(transforms)}", "images")))
         np.save(self._getExtraPath(FEATURES_FILE), np.stack(feats).astype(np.float32))
         with open(self._getExtraPath(EMBEDDING_FILE), "w") as f:
@@ -114,7 +114,7 @@ class OrientLearnProtRecover(OrientLearnProtBase):
 
     def _toModelGrid(self, images, model_obj):
         """Resample particles to the model's pixel size and box (and say so)."""
-        from ..core import imaging
+        from ..core import image_ops
         parts = self.inputParticles.get()
         size, rate = model_obj.getImageSize(), model_obj.getSamplingRate()
         box_A = parts.getXDim() * parts.getSamplingRate()
@@ -122,19 +122,19 @@ class OrientLearnProtRecover(OrientLearnProtBase):
         if new != images.shape[-1]:
             self.info(f"Resampling particles {images.shape[-1]} px at "
                       f"{parts.getSamplingRate():.3f} A/px -> {new} px at {rate:.3f} A/px.")
-            images = imaging.downsample(images, new)
+            images = image_ops.downsample(images, new)
         if new != size:
             self.info(f"Cropping/padding the box {new} -> {size} px (model's box).")
-            images = imaging.crop_or_pad(images, size)
+            images = image_ops.crop_or_pad(images, size)
         return images
 
     def recoverStep(self):
-        from ..core import distance, recovery
+        from ..core import network, recovery
         feats = np.load(self._getExtraPath(FEATURES_FILE))
         with open(self._getExtraPath(EMBEDDING_FILE)) as f:
             head = json.load(f)["head"]
         q, info = recovery.recover_from_features(
-            feats, self._transforms(), distance_map=lambda a: distance.angle_to_distance(a, head),
+            feats, self._transforms(), distance_map=lambda a: network.angle_to_distance(a, head),
             loss=RECOVERY_LOSSES[self.robustLoss.get()], loss_scale=self.lossScale.get(),
             n_neighbors=self.nNeighbors.get(),
             n_random=self.nRandom.get(), n_steps=self.nSteps.get(),

@@ -211,16 +211,16 @@ class OrientLearnProtSimulate(OrientLearnProtBase):
 
     def _inputMaps(self):
         """List of ``(path, volume (N, N, N), voxel_size)`` to project."""
-        from ..core import imaging
+        from ..core import volumes
         if self._fromAtoms():
             return self._atomMaps()
         vol_obj = self.inputVolume.get()
         path = convert.clean_path(vol_obj.getFileName())
-        volume, _ = imaging.read_volume(path)
+        volume, _ = volumes.read_volume(path)
         return [(path, volume, vol_obj.getSamplingRate())]
 
     def simulateStep(self):
-        from ..core import imaging
+        from ..core import simulation
         self._configureDevices()
         maps = self._inputMaps()
         box = maps[0][1].shape[0]
@@ -234,7 +234,7 @@ class OrientLearnProtSimulate(OrientLearnProtBase):
                       f"(symmetry {symmetry}, seed {self.seed.get()}).")
             seed = self.seed.get() if len(maps) == 1 else int(
                 np.random.SeedSequence([self.seed.get(), k]).generate_state(1)[0])
-            sim = imaging.simulate_particles(
+            sim = simulation.simulate_particles(
                 volume, n, image_size=size, symmetry=symmetry, max_shift=self.maxShift.get(),
                 ctf=self._ctfArgs(), voxel_size=voxel_size, seed=seed,
                 oversampling=self.oversampling.get(),

@@ -20,7 +20,7 @@ EVALUATION_FILE = "validation_distances.npz"
 
 
 def _resample_to(images, size):
-    from ..core.imaging import downsample
+    from ..core.image_ops import downsample
     return images if images.shape[-1] == size else downsample(images, size)
 
 
@@ -146,11 +146,11 @@ class OrientLearnProtTrain(OrientLearnProtBase):
 
     def trainStep(self):
         self._configureDevices()
-        from ..core import distance
+        from ..core import model_io, training
         images, quats = self._loadTrainingData()
         epochs = self.epochs.get()
         log_epoch = self._epochLogger(epochs)
-        model, history = distance.train_distance_model(
+        model, history = training.train_distance_model(
             images, quats, symmetry=self.symmetryGroup.get(),
             architecture=ARCHITECTURES[self.architecture.get()], n_features=self.nFeatures.get(),
             epochs=epochs, batch_size=self.batchSize.get(), learning_rate=self.learningRate.get(),
@@ -166,7 +166,7 @@ class OrientLearnProtTrain(OrientLearnProtBase):
             progress=log_epoch, head=self._head())
         with open(self._getExtraPath(HISTORY_FILE), "w") as f:
             json.dump(history, f, indent=1, default=float)
-        distance.save_distance_model(model, self._getExtraPath(MODEL_FILE), self._metadata(images))
+        model_io.save_distance_model(model, self._getExtraPath(MODEL_FILE), self._metadata(images))
         self._evaluate(model, images, quats, history)
 
     def _epochLogger(self, epochs):
@@ -200,15 +200,15 @@ class OrientLearnProtTrain(OrientLearnProtBase):
 
     def _evaluate(self, model, images, quats, history):
         """Estimated vs true distances on held-out particles, for the viewer (paper Fig. 6)."""
-        from ..core import distance
-        idx = distance.validation_indices([len(x) for x in images],
+        from ..core import model_io, network
+        idx = model_io.validation_indices([len(x) for x in images],
                                           self.validationFraction.get(), seed=self.seed.get())[0]
         imgs, q = images[0][idx], quats[0][idx]
         rng = np.random.default_rng(self.seed.get())
         sel = rng.choice(len(imgs), size=min(len(imgs), 400), replace=False)
-        feats = distance.embed(model, imgs[sel])
+        feats = network.embed(model, imgs[sel])
         a, b = np.triu_indices(len(sel), k=1)
-        d_est = distance.feature_distance(feats[a], feats[b], self._head())
+        d_est = network.feature_distance(feats[a], feats[b], self._head())
         group = geometry.symmetry_group(self.symmetryGroup.get())
         d_true = geometry.symmetric_distance(q[sel][a], q[sel][b], group)
         np.savez(self._getExtraPath(EVALUATION_FILE), d_true=d_true, d_est=d_est)
@@ -290,7 +290,7 @@ class OrientLearnProtImportModel(OrientLearnProtBase):
         form.addParam("modelFile", params.PathParam, important=True,
                       label="Model file (.keras)",
                       help="A model saved by orientlearn (train protocol or "
-                           "orientlearn.core.distance.save_distance_model); its metadata "
+                           "orientlearn.core.model_io.save_distance_model); its metadata "
                            "JSON (same name, .json) must be beside it.")
         form.addParam("samplingRate", params.FloatParam, default=0.0,
                       label="Sampling rate (A/px)",
@@ -301,9 +301,9 @@ class OrientLearnProtImportModel(OrientLearnProtBase):
         self._insertFunctionStep(self.importStep, needsGPU=False)
 
     def importStep(self):
-        from ..core import distance
+        from ..core import model_io
         src = self.modelFile.get()
-        _, meta = distance.load_distance_model(src)  # fails clearly if corrupt
+        _, meta = model_io.load_distance_model(src)  # fails clearly if corrupt
         dst = self._getExtraPath(MODEL_FILE)
         shutil.copy(src, dst)
         shutil.copy(os.path.splitext(src)[0] + ".json", os.path.splitext(dst)[0] + ".json")

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from orientlearn.core import distance, imaging, peer_aspire
+from orientlearn.core import model_io, peer_aspire, simulation, training, volumes
 
 from .benchmark_runner import REPO, run_benchmark
 MAP = os.path.join(REPO, "orientlearn", "data", "5j0n.mrc")
@@ -24,18 +24,18 @@ def aspire_python():
 def tiny_model(folder):
     """A 32 px model (1 short epoch on 64 projections), saved twice as paper.py names
     its models: trained at sigma2 0 (head 'rotation') and 16 (head 'angle')."""
-    vol, voxel = imaging.read_volume(MAP)
-    vol32 = imaging.downsample_volume(vol, 32)
-    sim = imaging.simulate_particles(vol32, 64, seed=1, voxel_size=voxel * vol.shape[0] / 32,
+    vol, voxel = volumes.read_volume(MAP)
+    vol32 = volumes.downsample_volume(vol, 32)
+    sim = simulation.simulate_particles(vol32, 64, seed=1, voxel_size=voxel * vol.shape[0] / 32,
                                      return_clean=False)
     paths = {}
     for s2, head in ((0.0, "rotation"), (16.0, "angle")):
-        model, _ = distance.train_distance_model(
+        model, _ = training.train_distance_model(
             sim["images"], sim["quaternions"], architecture="resnet", n_features=16,
             width=4, epochs=1, steps_per_epoch=2, batch_size=16, validation_fraction=0.25,
             seed=0, head=head)
         path = os.path.join(folder, f"5j0n_sigma2_{s2:g}_32px.keras")
-        distance.save_distance_model(model, path, dict(
+        model_io.save_distance_model(model, path, dict(
             image_size=32, architecture="resnet", symmetry="C1", sigma2=s2, head=head,
             source="test_bench_peers"))
         paths[s2] = path

@@ -36,7 +36,7 @@ from pwem.constants import ALIGN_PROJ
 from pwem.convert import transformations as tfs
 
 from orientlearn import convert
-from orientlearn.core import geometry, imaging
+from orientlearn.core import geometry, image_ops, projection
 
 PIXEL_SIZE = 2.0            # A/pixel: not 1, so that Angstrom/pixel mix-ups show
 BOX = 32                    # pixels
@@ -253,7 +253,7 @@ def _relative_error(a, b):
 def test_our_projection_is_the_image_relion_predicts(tmp_path, source):
     quats, shifts = _orientations()
     R = geometry.quaternion_to_matrix(quats)
-    ours = imaging.shift_images(imaging.project(_blob_volume(), R), shifts)
+    ours = image_ops.shift_images(projection.project(_blob_volume(), R), shifts)
     parts = _make_particles(tmp_path, quats, shifts, images=ours)
     if source == "relion-plugin":
         _, angles, origins, _ = _relion_star_rows(parts, tmp_path)

@@ -1,9 +1,8 @@
-"""Tests of orientlearn.core.distance: the learned distance d_hat (paper eq. 3).
+"""Tests of orientlearn.core.network / training / model_io: the learned distance d_hat (paper eq. 3).
 
 Small synthetic data made here (a real-space projector of an asymmetric blob volume),
 tiny networks, CPU only.
 """
-import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -13,7 +12,7 @@ import pytest
 from scipy import ndimage
 
 from orientlearn.core import geometry
-from orientlearn.core import distance as dist
+from orientlearn.core import model_io, network, training
 
 
 def blob_volume(size=24, seed=3):
@@ -63,29 +62,29 @@ def test_image_transforms_match_quaternion_convention(size):
     scale = np.abs(p).max()
     for k in range(4):
         for m in (False, True):
-            img = dist.rotate_images_90(p, k)
-            img = dist.mirror_images(img) if m else img
-            ref = project(vol, dist.transform_quaternion(q, k, m))
+            img = training.rotate_images_90(p, k)
+            img = training.mirror_images(img) if m else img
+            ref = project(vol, training.transform_quaternion(q, k, m))
             assert np.abs(img - ref).max() < 1e-6 * scale, (k, m)
     try:                                    # the imaging module's general rotation agrees
-        from orientlearn.core import imaging
+        from orientlearn.core import image_ops
     except ImportError:
-        imaging = None
-    if imaging is not None and hasattr(imaging, "rotate_images"):
+        image_ops = None
+    if image_ops is not None and hasattr(image_ops, "rotate_images"):
         for k in range(4):
-            np.testing.assert_allclose(dist.rotate_images_90(p, k),
-                                       imaging.rotate_images(p, -k * np.pi / 2), atol=1e-5 * scale)
-            np.testing.assert_allclose(dist.mirror_images(p), imaging.mirror_images(p), atol=0)
+            np.testing.assert_allclose(training.rotate_images_90(p, k),
+                                       image_ops.rotate_images(p, -k * np.pi / 2), atol=1e-5 * scale)
+            np.testing.assert_allclose(training.mirror_images(p), image_ops.mirror_images(p), atol=0)
     # The opposite sign convention would fail: a quarter turn is not its own inverse.
     wrong = project(vol, geometry.multiply(geometry.in_plane_quaternion(np.pi / 2), q))
-    assert np.abs(dist.rotate_images_90(p, 1) - wrong).max() > 0.1 * scale
+    assert np.abs(training.rotate_images_90(p, 1) - wrong).max() > 0.1 * scale
 
 
 def test_preprocess_standardises():
     rng = np.random.default_rng(0)
     imgs = rng.normal(3.0, 5.0, (4, 10, 10))
     imgs[3] = 7.0                                           # a constant image
-    x = dist.preprocess_images(imgs)
+    x = network.preprocess_images(imgs)
     assert x.shape == (4, 10, 10, 1) and x.dtype == np.float32
     np.testing.assert_allclose(x[:3].mean(axis=(1, 2, 3)), 0, atol=1e-5)
     np.testing.assert_allclose(x[:3].std(axis=(1, 2, 3)), 1, atol=1e-5)
@@ -95,15 +94,15 @@ def test_preprocess_standardises():
 def test_feature_distance_range_and_matrix():
     rng = np.random.default_rng(1)
     f = rng.standard_normal((20, 8))
-    d = dist.feature_distance(f[:, None], f[None])
+    d = network.feature_distance(f[:, None], f[None])
     assert d.shape == (20, 20)
     assert np.all(d >= 0) and np.all(d <= np.pi)
     np.testing.assert_allclose(np.diag(d), 0, atol=1e-6)
-    np.testing.assert_allclose(dist.feature_distance(f, -f), np.pi, atol=1e-6)
-    np.testing.assert_allclose(dist.distance_matrix(f), d, atol=1e-5)
+    np.testing.assert_allclose(network.feature_distance(f, -f), np.pi, atol=1e-6)
+    np.testing.assert_allclose(network.distance_matrix(f), d, atol=1e-5)
     import tensorflow as tf
-    dtf = dist.feature_distance_tf(tf.constant(f[:5], tf.float32), tf.constant(f[5:10], tf.float32))
-    np.testing.assert_allclose(dtf.numpy(), dist.feature_distance(f[:5], f[5:10]), atol=2e-3)
+    dtf = network.feature_distance_tf(tf.constant(f[:5], tf.float32), tf.constant(f[5:10], tf.float32))
+    np.testing.assert_allclose(dtf.numpy(), network.feature_distance(f[:5], f[5:10]), atol=2e-3)
 
 
 def test_rotation_head_is_exact_on_rotation_matrix_features():
@@ -112,18 +111,18 @@ def test_rotation_head_is_exact_on_rotation_matrix_features():
     q = geometry.uniform_quaternions(300, seed=4)
     f = geometry.quaternion_to_matrix(q).reshape(-1, 9) / np.sqrt(3)
     d_true = geometry.distance(q[:, None], q[None])
-    d_rot = dist.distance_matrix(f, head="rotation")
+    d_rot = network.distance_matrix(f, head="rotation")
     np.testing.assert_allclose(d_rot, d_true, atol=2e-3)
-    assert np.abs(dist.distance_matrix(f, head="angle") - d_true).max() > 0.5
+    assert np.abs(network.distance_matrix(f, head="angle") - d_true).max() > 0.5
     c = np.array([1.0, 1 / 3, -1 / 3, -0.9])
-    np.testing.assert_allclose(dist.cosine_to_distance(c, "rotation"), [0, np.pi / 2, np.pi, np.pi])
-    np.testing.assert_allclose(dist.angle_to_distance(np.arccos(c), "angle"), np.arccos(c))
+    np.testing.assert_allclose(network.cosine_to_distance(c, "rotation"), [0, np.pi / 2, np.pi, np.pi])
+    np.testing.assert_allclose(network.angle_to_distance(np.arccos(c), "angle"), np.arccos(c))
     import tensorflow as tf
     a, b = tf.constant(f[:50], tf.float32), tf.constant(f[50:100], tf.float32)
-    np.testing.assert_allclose(dist.feature_distance_tf(a, b, head="rotation").numpy(),
-                               dist.feature_distance(f[:50], f[50:100], "rotation"), atol=3e-3)
+    np.testing.assert_allclose(network.feature_distance_tf(a, b, head="rotation").numpy(),
+                               network.feature_distance(f[:50], f[50:100], "rotation"), atol=3e-3)
     with pytest.raises(ValueError):
-        dist.cosine_to_distance(c, "euclid")
+        network.cosine_to_distance(c, "euclid")
 
 
 @pytest.mark.parametrize("sym", ["C1", "D2", "C3"])
@@ -132,24 +131,24 @@ def test_symmetric_distance_tf_matches_geometry(sym):
     q = geometry.uniform_quaternions(12, seed=2)
     g = geometry.symmetry_group(sym)
     ref = geometry.symmetric_distance(q[:, None], q[None], g)
-    got = dist.symmetric_distance_tf(tf.constant(q), tf.constant(q), tf.constant(g)).numpy()
+    got = training.symmetric_distance_tf(tf.constant(q), tf.constant(q), tf.constant(g)).numpy()
     np.testing.assert_allclose(got, ref, atol=1e-6)
 
 
 @pytest.mark.parametrize("architecture", ["resnet", "paper"])
 def test_network_any_size_and_distances(architecture):
-    model = dist.build_embedding_network(architecture, n_features=16, width=8, seed=0)
+    model = network.build_embedding_network(architecture, n_features=16, width=8, seed=0)
     rng = np.random.default_rng(0)
     for size in (32, 45):
         imgs = rng.standard_normal((5, size, size))
-        f = dist.embed(model, imgs, batch_size=2)
+        f = network.embed(model, imgs, batch_size=2)
         assert f.shape == (5, 16) and f.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(f, axis=1), 1, atol=1e-5)
-        d = dist.estimate_distances(model, imgs, imgs[::-1])
+        d = network.estimate_distances(model, imgs, imgs[::-1])
         assert np.all(d >= 0) and np.all(d <= np.pi)
         assert d[2] < 1e-3                                  # the same image in the middle
         assert d[0] > 1e-3                                  # different images
-        np.testing.assert_allclose(dist.estimate_distances(model, imgs, imgs), 0, atol=1e-3)
+        np.testing.assert_allclose(network.estimate_distances(model, imgs, imgs), 0, atol=1e-3)
 
 
 def test_resnet_shift_invariance_by_total_stride():
@@ -158,7 +157,7 @@ def test_resnet_shift_invariance_by_total_stride():
     after a shift by a multiple of the total stride (16). A shift by 1 pixel does not.
     The box must hold the object plus the receptive field (radius ~77 px) around it:
     activations outside the box are lost, so the box here is large."""
-    model = dist.build_embedding_network("resnet", n_features=16, width=8, seed=1)
+    model = network.build_embedding_network("resnet", n_features=16, width=8, seed=1)
     size, c = 256, 128
     y, x = np.mgrid[:size, :size] - c
     blob = np.exp(-((x - 3) ** 2 + y ** 2) / 18.0) + 0.7 * np.exp(-(x ** 2 + (y - 4) ** 2) / 8.0)
@@ -182,7 +181,7 @@ def test_loss_weights_sum_to_one_and_flatten_distribution():
     feats = tf.constant(np.random.default_rng(0).standard_normal((64, 8)), tf.float32)
     g = tf.constant(geometry.symmetry_group("C1"), tf.float32)
     for weighting in ("density", "histogram"):
-        loss, d_hat, d, w = (t.numpy() for t in dist._pair_loss_tf(feats, tf.constant(q), g,
+        loss, d_hat, d, w = (t.numpy() for t in training._pair_loss_tf(feats, tf.constant(q), g,
                                                                      weighting=weighting))
         assert len(d) == 64 * 63 // 2
         np.testing.assert_allclose(w.sum(), 1, rtol=1e-5)
@@ -201,7 +200,7 @@ def projections(volume):
 @pytest.mark.parametrize("head", ["angle", "rotation"])
 def test_training_beats_constant_predictor(projections, head):
     imgs, q = projections
-    model, hist = dist.train_distance_model(
+    model, hist = training.train_distance_model(
         imgs, q, architecture="resnet", n_features=16, width=8, epochs=4, batch_size=32,
         steps_per_epoch=50, learning_rate=3e-3, patience=None, seed=0, head=head)
     base = hist["val_constant_baseline"]
@@ -209,8 +208,8 @@ def test_training_beats_constant_predictor(projections, head):
     assert min(hist["val_loss"]) < 0.6 * base, (hist["val_loss"], base)
     assert len(hist["loss"]) == 4 and all(p > 0 for p in hist["pairs_per_s"])
     # The model's own distances: an image vs its mirror is far, vs itself zero.
-    d_self = dist.estimate_distances(model, imgs[:20], imgs[:20], head=head)
-    d_mirror = dist.estimate_distances(model, imgs[:20], dist.mirror_images(imgs[:20]),
+    d_self = network.estimate_distances(model, imgs[:20], imgs[:20], head=head)
+    d_mirror = network.estimate_distances(model, imgs[:20], training.mirror_images(imgs[:20]),
                                        head=head)
     assert d_self.max() < 1e-3
     assert np.median(d_mirror) > 1.0
@@ -224,7 +223,7 @@ def test_resume_from_checkpoint(projections, tmp_path):
     imgs, q = projections[0][:120], projections[1][:120]
     kw = dict(architecture="resnet", n_features=8, width=4, epochs=4, batch_size=16,
               steps_per_epoch=5, patience=None, seed=3)
-    ref_model, ref_hist = dist.train_distance_model(imgs, q, **kw)
+    ref_model, ref_hist = training.train_distance_model(imgs, q, **kw)
 
     def stop_after_two(epoch, n_epochs, logs):
         assert "loss" in logs and "pairs_per_s" in logs and str(logs)
@@ -233,9 +232,9 @@ def test_resume_from_checkpoint(projections, tmp_path):
 
     ckpt = str(tmp_path / "ckpt")
     with pytest.raises(_Interrupt):
-        dist.train_distance_model(imgs, q, checkpoint_dir=ckpt, progress=stop_after_two, **kw)
+        training.train_distance_model(imgs, q, checkpoint_dir=ckpt, progress=stop_after_two, **kw)
     epochs_seen = []
-    model, hist = dist.train_distance_model(
+    model, hist = training.train_distance_model(
         imgs, q, checkpoint_dir=ckpt, progress=lambda e, n, logs: epochs_seen.append(e), **kw)
     assert epochs_seen == [3, 4]                            # continued, not restarted
     assert len(hist["loss"]) == 4
@@ -244,7 +243,7 @@ def test_resume_from_checkpoint(projections, tmp_path):
     for a, b in zip(model.get_weights(), ref_model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
     # A finished checkpoint trains no further.
-    again, hist2 = dist.train_distance_model(
+    again, hist2 = training.train_distance_model(
         imgs, q, checkpoint_dir=ckpt, progress=lambda *a: pytest.fail("trained again"), **kw)
     assert len(hist2["loss"]) == 4
 
@@ -252,24 +251,23 @@ def test_resume_from_checkpoint(projections, tmp_path):
 def test_several_sets_symmetry_and_augmentation(projections):
     imgs, q = projections
     aug = dict(noise_variance=(0.5, 2.0), max_shift=2)
-    if importlib.util.find_spec("orientlearn.core.imaging") is not None:
-        aug["ctf"] = dist.ctf_augmentation(pixel_size=5.0)
-    model, hist = dist.train_distance_model(
+    aug["ctf"] = training.ctf_augmentation(pixel_size=5.0)
+    model, hist = training.train_distance_model(
         [imgs[:60], imgs[60:120]], [q[:60], q[60:120]], symmetry="C2", n_features=8,
         width=4, epochs=1, batch_size=16, steps_per_epoch=3, seed=0, augmentation=aug)
     assert len(hist["val_loss"]) == 1 and np.isfinite(hist["val_loss"][0])
     with pytest.raises(ValueError):
-        dist.train_distance_model([imgs[:60]], [q[:60], q[:60]], epochs=1)
+        training.train_distance_model([imgs[:60]], [q[:60], q[:60]], epochs=1)
     with pytest.raises(ValueError):
-        dist.train_distance_model(imgs, q, epochs=1, augmentation=dict(flip=True))
+        training.train_distance_model(imgs, q, epochs=1, augmentation=dict(flip=True))
 
 
 def test_augmented_batch_is_seeded_and_has_hard_pairs(projections):
     imgs, q = projections
-    clean = dist.preprocess_images(imgs)[..., 0]
-    aug = dict(dist.DEFAULT_AUGMENTATION, noise_variance=(1.0, 1.0))
-    a = dist._draw_batch(clean, q, np.arange(100), 32, aug, np.random.default_rng(5))
-    b = dist._draw_batch(clean, q, np.arange(100), 32, aug, np.random.default_rng(5))
+    clean = network.preprocess_images(imgs)[..., 0]
+    aug = dict(training.DEFAULT_AUGMENTATION, noise_variance=(1.0, 1.0))
+    a = training._draw_batch(clean, q, np.arange(100), 32, aug, np.random.default_rng(5))
+    b = training._draw_batch(clean, q, np.arange(100), 32, aug, np.random.default_rng(5))
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert a[0].shape == (32, 24, 24, 1)
@@ -279,36 +277,36 @@ def test_augmented_batch_is_seeded_and_has_hard_pairs(projections):
 
 
 def test_save_load_round_trip_and_errors(tmp_path):
-    model = dist.build_embedding_network("resnet", n_features=8, width=4, seed=2)
+    model = network.build_embedding_network("resnet", n_features=8, width=4, seed=2)
     imgs = np.random.default_rng(0).standard_normal((6, 24, 24)).astype(np.float32)
     path = str(tmp_path / "m.keras")
     meta = dict(image_size=24, pixel_size=3.667, architecture="resnet", symmetry="C1",
                 training=dict(best_val_loss=np.float32(0.1)))
-    _, meta_path = dist.save_distance_model(model, path, meta)
+    _, meta_path = model_io.save_distance_model(model, path, meta)
     assert os.path.exists(meta_path) and meta_path.endswith("m.json")
-    loaded, meta2 = dist.load_distance_model(path)
+    loaded, meta2 = model_io.load_distance_model(path)
     assert meta2["pixel_size"] == 3.667 and meta2["n_features"] == 8
-    np.testing.assert_array_equal(dist.embed(loaded, imgs), dist.embed(model, imgs))
+    np.testing.assert_array_equal(network.embed(loaded, imgs), network.embed(model, imgs))
     with pytest.raises(FileNotFoundError):
-        dist.load_distance_model(str(tmp_path / "missing.keras"))
+        model_io.load_distance_model(str(tmp_path / "missing.keras"))
     bad = tmp_path / "bad.keras"
     bad.write_bytes(open(path, "rb").read()[:300])          # truncated file
     with pytest.raises(ValueError, match="corrupt"):
-        dist.load_distance_model(str(bad))
+        model_io.load_distance_model(str(bad))
     junk = tmp_path / "junk.keras"
     junk.write_text("not a model")
     with pytest.raises(ValueError):
-        dist.load_distance_model(str(junk))
+        model_io.load_distance_model(str(junk))
 
 
 def test_validation_indices_match_training_split():
     # The held-out particles reported for evaluation are those training never saw:
     # same permutation stream as train_distance_model's split.
     import numpy as np
-    from orientlearn.core import distance
-    a = distance.validation_indices([100, 40], 0.2, seed=3)
+    from orientlearn.core import model_io
+    a = model_io.validation_indices([100, 40], 0.2, seed=3)
     assert [len(x) for x in a] == [20, 8]
     rng = np.random.default_rng([3, 1])
     assert np.array_equal(a[0], np.sort(rng.permutation(100)[:20]))
     assert np.array_equal(a[1], np.sort(rng.permutation(40)[:8]))
-    assert not np.array_equal(a[0], distance.validation_indices(100, 0.2, seed=4)[0])
+    assert not np.array_equal(a[0], model_io.validation_indices(100, 0.2, seed=4)[0])

@@ -1,8 +1,8 @@
-"""Tests of orientlearn.core.imaging (eq. 1): small synthetic volumes, a few seconds."""
+"""Tests of the imaging model (eq. 1: volumes, projection, ctf, image_ops, simulation): small synthetic volumes, a few seconds."""
 import numpy as np
 import pytest
 
-from orientlearn.core import geometry, imaging
+from orientlearn.core import ctf, geometry, image_ops, projection, simulation, threads, volumes
 
 
 def _gaussians(n, centres, sigmas, amps=None):
@@ -32,7 +32,7 @@ def blobs():
     n = 40
     vol, exact = _gaussians(n, rng.uniform(-5, 5, (5, 3)), rng.uniform(1.5, 2.5, 5),
                             rng.uniform(0.5, 1.5, 5))
-    return vol, exact, imaging.prepare_volume(vol)
+    return vol, exact, projection.prepare_volume(vol)
 
 
 def _rel(a, b):
@@ -47,7 +47,7 @@ def test_project_matches_analytic_gaussians(blobs):
     # a pole-crossing and an in-plane-only rotation on top of random ones
     q = np.concatenate([q, geometry.axis_angle_quaternion([1, 1, 0], 2.5)[None],
                         geometry.in_plane_quaternion(0.9)[None]])
-    imgs = imaging.project(spec, q)
+    imgs = projection.project(spec, q)
     R = geometry.quaternion_to_matrix(q)
     assert imgs.shape == (8, 40, 40) and imgs.dtype == np.float32
     errors = [_rel(imgs[i], exact(R[i])) for i in range(len(q))]
@@ -57,8 +57,8 @@ def test_project_matches_analytic_gaussians(blobs):
 def test_project_accepts_matrices_and_volume(blobs):
     vol, exact, spec = blobs
     q = geometry.uniform_quaternions(3, seed=4)
-    a = imaging.project(spec, q)
-    b = imaging.project(vol, geometry.quaternion_to_matrix(q), batch_size=2)
+    a = projection.project(spec, q)
+    b = projection.project(vol, geometry.quaternion_to_matrix(q), batch_size=2)
     np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(a).max())
 
 
@@ -71,7 +71,7 @@ def test_precompensation_interleaving_oversampling_reduce_error():
     R = geometry.quaternion_to_matrix(q)
 
     def err(os_, pre, il):
-        imgs = imaging.project(imaging.prepare_volume(vol, os_, precompensate=pre, interleave=il), q)
+        imgs = projection.project(projection.prepare_volume(vol, os_, precompensate=pre, interleave=il), q)
         return max(_rel(imgs[i], exact(R[i])) for i in range(len(q)))
 
     e_default = err(2, True, True)
@@ -91,15 +91,15 @@ def test_project_matches_real_space_reference():
     z, y, x = np.meshgrid(c, c, c, indexing="ij")
     vol *= np.clip((9.0 - np.sqrt(x ** 2 + y ** 2 + z ** 2)) / 2.0, 0, 1)
     q = geometry.uniform_quaternions(3, seed=11)
-    imgs = imaging.project(vol, q, oversampling=3)
+    imgs = projection.project(vol, q, oversampling=3)
     for i in range(3):
-        ref = imaging.real_space_project(vol, q[i])
+        ref = projection.real_space_project(vol, q[i])
         assert _rel(imgs[i], ref) < 0.03
 
 
 def test_identity_projection_is_sum_along_z(blobs):
     vol, _, spec = blobs
-    img = imaging.project(spec, np.eye(3)[None])[0]
+    img = projection.project(spec, np.eye(3)[None])[0]
     assert _rel(img, vol.sum(axis=0)) < 0.005
 
 
@@ -109,10 +109,10 @@ def test_object_outside_inscribed_sphere_does_not_wrap():
     vol, exact = _gaussians(32, [(11.0, 11.0, 4.0)], [1.5])
     R = geometry.quaternion_to_matrix(geometry.in_plane_quaternion(np.pi / 4))
     peak = exact(np.eye(3)).max()
-    img = imaging.project(vol, R[None])[0]
+    img = projection.project(vol, R[None])[0]
     assert np.abs(img[:16]).max() < 0.02 * peak
     np.testing.assert_allclose(img, exact(R), atol=0.02 * peak)
-    wrapped = imaging.project(vol, R[None], image_padding=1.0)[0]
+    wrapped = projection.project(vol, R[None], image_padding=1.0)[0]
     assert np.abs(wrapped[:16]).max() > 0.5 * peak
 
 
@@ -120,7 +120,7 @@ def test_astra_vectors_match_convention():
     # ASTRA pixel (row i, col j) must lie on our line R^T (j - c, i - c, t).
     n = 10
     R = geometry.quaternion_to_matrix(geometry.uniform_quaternions(4, seed=5))
-    vec = imaging.astra_vectors(R, n)
+    vec = projection.astra_vectors(R, n)
     ray, d, u, v = vec[:, 0:3], vec[:, 3:6], vec[:, 6:9], vec[:, 9:12]
     for k in range(4):
         for i, j in [(0, 0), (3, 7), (n // 2, n // 2)]:
@@ -131,12 +131,12 @@ def test_astra_vectors_match_convention():
             np.testing.assert_allclose(diff - (diff @ ray[k]) * ray[k], 0, atol=1e-12)
 
 
-@pytest.mark.skipif(not imaging.has_cuda(), reason="ASTRA CUDA device not available")
+@pytest.mark.skipif(not projection.has_cuda(), reason="ASTRA CUDA device not available")
 def test_project_astra_matches_project(blobs):
     vol, exact, spec = blobs
     q = geometry.uniform_quaternions(5, seed=8)
-    a = imaging.project_astra(vol, q)
-    b = imaging.project(spec, q)
+    a = projection.project_astra(vol, q)
+    b = projection.project(spec, q)
     for i in range(5):
         assert _rel(a[i], b[i]) < 0.05
 
@@ -146,53 +146,53 @@ def test_project_astra_matches_project(blobs):
 def test_rotate_images_equals_projection_of_rotated_orientation(blobs):
     _, _, spec = blobs
     q = geometry.uniform_quaternions(3, seed=9)
-    imgs = imaging.project(spec, q)
+    imgs = projection.project(spec, q)
     for alpha, tol in [(np.pi / 2, 1e-5), (np.pi, 1e-5), (-np.pi / 2, 1e-5), (0.7, 0.02)]:
-        expected = imaging.project(spec, geometry.multiply(geometry.in_plane_quaternion(alpha), q))
-        got = imaging.rotate_images(imgs, alpha)
+        expected = projection.project(spec, geometry.multiply(geometry.in_plane_quaternion(alpha), q))
+        got = image_ops.rotate_images(imgs, alpha)
         assert np.abs(got - expected).max() < tol * np.abs(expected).max(), alpha
     # per-image angles
     alphas = np.array([0.3, np.pi / 2, -1.1])
-    expected = imaging.project(spec, geometry.multiply(geometry.in_plane_quaternion(alphas), q))
-    assert _rel(imaging.rotate_images(imgs, alphas), expected) < 0.02
+    expected = projection.project(spec, geometry.multiply(geometry.in_plane_quaternion(alphas), q))
+    assert _rel(image_ops.rotate_images(imgs, alphas), expected) < 0.02
 
 
 @pytest.mark.parametrize("n", [16, 17])
 def test_mirror_images_equals_projection_of_mirrored_orientation(n):
     vol, _ = _gaussians(n, [(2.0, -3.0, 1.0), (-2.0, 1.0, 0.0)], [1.5, 2.0])
     q = geometry.uniform_quaternions(3, seed=1)
-    expected = imaging.project(vol, geometry.multiply(geometry.MIRROR_QUATERNION, q))
-    got = imaging.mirror_images(imaging.project(vol, q))
+    expected = projection.project(vol, geometry.multiply(geometry.MIRROR_QUATERNION, q))
+    got = image_ops.mirror_images(projection.project(vol, q))
     rows = slice(1 - n % 2, None)   # for even n, row 0 mirrors to row n, outside the box
     assert np.abs(got - expected)[:, rows].max() < 1e-5 * np.abs(expected).max()
-    np.testing.assert_array_equal(imaging.mirror_images(imaging.mirror_images(got)), got)
+    np.testing.assert_array_equal(image_ops.mirror_images(image_ops.mirror_images(got)), got)
 
 
 def test_apply_image_transform_matches_projection():
-    from orientlearn.core import recovery
+    from orientlearn.core import graph
     vol, _ = _gaussians(17, [(2.0, -3.0, 1.0), (-2.0, 1.0, 0.0)], [1.5, 2.0])
-    spec = imaging.prepare_volume(vol)
+    spec = projection.prepare_volume(vol)
     q = geometry.uniform_quaternions(2, seed=4)
-    imgs = imaging.project(spec, q)
-    transforms, _ = recovery.image_transforms(n_rotations=4, mirror=True)
+    imgs = projection.project(spec, q)
+    transforms, _ = graph.image_transforms(n_rotations=4, mirror=True)
     for g in transforms:
-        expected = imaging.project(spec, geometry.multiply(g, q))
-        got = imaging.apply_image_transform(imgs, g)
+        expected = projection.project(spec, geometry.multiply(g, q))
+        got = image_ops.apply_image_transform(imgs, g)
         assert np.abs(got - expected).max() < 1e-5 * np.abs(expected).max()
     with pytest.raises(ValueError):
-        imaging.apply_image_transform(imgs, geometry.axis_angle_quaternion([1, 0, 0], 0.3))
+        image_ops.apply_image_transform(imgs, geometry.axis_angle_quaternion([1, 0, 0], 0.3))
 
 
 @pytest.mark.parametrize("n, size", [(16, 10), (16, 21), (15, 8), (15, 20)])
 def test_crop_or_pad_keeps_centre(n, size):
     img = np.zeros((2, n, n), np.float32)
     img[:, n // 2, n // 2] = 1.0
-    out = imaging.crop_or_pad(img, size)
+    out = image_ops.crop_or_pad(img, size)
     assert out.shape == (2, size, size) and out[0, size // 2, size // 2] == 1.0
-    np.testing.assert_array_equal(imaging.crop_or_pad(imaging.crop_or_pad(img, n + 6), n), img)
+    np.testing.assert_array_equal(image_ops.crop_or_pad(image_ops.crop_or_pad(img, n + 6), n), img)
     vol = np.zeros((n, n, n), np.float32)
     vol[n // 2, n // 2, n // 2] = 1.0
-    assert imaging.crop_or_pad_volume(vol, size)[size // 2, size // 2, size // 2] == 1.0
+    assert volumes.crop_or_pad_volume(vol, size)[size // 2, size // 2, size // 2] == 1.0
 
 
 # ------------------------------------------------------------------------------- shifts
@@ -210,7 +210,7 @@ def test_shift_moves_centroid_by_t():
     c = np.arange(n) - n // 2
     img = np.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * 2.0 ** 2)).astype(np.float32)
     t = np.array([[3.3, -2.1], [0.5, 6.0], [-7.25, 0.0]])
-    out = imaging.shift_images(np.repeat(img[None], 3, 0), t)
+    out = image_ops.shift_images(np.repeat(img[None], 3, 0), t)
     np.testing.assert_allclose(_centroid(out), t, atol=1e-3)
 
 
@@ -218,66 +218,66 @@ def test_shift_has_no_wraparound():
     n = 32
     img = np.zeros((n, n), np.float32)
     img[10:14, n - 4:n - 1] = 1.0                 # a block near the right edge
-    out = imaging.shift_images(img[None], [[6.0, 0.0]])[0]
+    out = image_ops.shift_images(img[None], [[6.0, 0.0]])[0]
     assert np.abs(out[:, : n // 2]).max() < 1e-4  # nothing re-enters on the left
     assert np.abs(out).sum() < 0.5 * img.sum()    # most of it left the box
 
 
 def test_sample_shifts_triangular_and_seeded():
-    s = imaging.sample_shifts(20000, 5.0, seed=1)
+    s = simulation.sample_shifts(20000, 5.0, seed=1)
     assert s.shape == (20000, 2) and np.abs(s).max() <= 5.0
     assert abs(s.mean()) < 0.05
     np.testing.assert_allclose(s.var(), 25.0 / 6.0, rtol=0.05)    # var of Tri(-a, 0, a)
-    np.testing.assert_array_equal(s, imaging.sample_shifts(20000, 5.0, seed=1))
+    np.testing.assert_array_equal(s, simulation.sample_shifts(20000, 5.0, seed=1))
 
 
 # ---------------------------------------------------------------------------------- CTF
 
 def test_ctf_zero_frequency_and_first_zero():
     size, pix, df = 256, 1.0, 20000.0
-    ctf = imaging.ctf_2d(size, pix, df, df, 0.0, voltage=300, cs=0.0, amplitude_contrast=0.0)
-    assert ctf.shape == (size, size)
-    lam = imaging.electron_wavelength(300)
+    ctf_image = ctf.ctf_2d(size, pix, df, df, 0.0, voltage=300, cs=0.0, amplitude_contrast=0.0)
+    assert ctf_image.shape == (size, size)
+    lam = ctf.electron_wavelength(300)
     np.testing.assert_allclose(lam, 0.019687, atol=1e-5)
     # cs = 0, A = 0: CTF = sin(pi lambda df k^2), first zero at k = 1 / sqrt(lambda df)
     k0 = 1.0 / np.sqrt(lam * df)
     f = np.fft.fftfreq(size, d=pix)
-    row = ctf[0]                                  # ky = 0, along kx
+    row = ctf_image[0]                                  # ky = 0, along kx
     first_neg = np.argmax(row[1: size // 2] < 0) + 1
     assert f[first_neg - 1] <= k0 <= f[first_neg]
     assert np.all(row[1:first_neg] > 0)           # positive first lobe (underfocus)
     # isotropic: the same along ky
-    np.testing.assert_allclose(ctf[:, 0], row, atol=1e-6)
+    np.testing.assert_allclose(ctf_image[:, 0], row, atol=1e-6)
     # with amplitude contrast, CTF(0) = A
-    ctf_a = imaging.ctf_2d(size, pix, df, df, 0.0, amplitude_contrast=0.1)
+    ctf_a = ctf.ctf_2d(size, pix, df, df, 0.0, amplitude_contrast=0.1)
     np.testing.assert_allclose(ctf_a[0, 0], 0.1, atol=1e-6)
 
 
 def test_ctf_astigmatism_direction():
     size, pix = 128, 1.5
     # defocus_u along y (angle pi/2): zeros come at lower k along y than along x
-    ctf = imaging.ctf_2d(size, pix, 25000.0, 15000.0, np.pi / 2, cs=0.0, amplitude_contrast=0.0)
-    first_x = np.argmax(ctf[0, 1:] < 0) + 1
-    first_y = np.argmax(ctf[1:, 0] < 0) + 1
+    ctf_image = ctf.ctf_2d(size, pix, 25000.0, 15000.0, np.pi / 2, cs=0.0, amplitude_contrast=0.0)
+    first_x = np.argmax(ctf_image[0, 1:] < 0) + 1
+    first_y = np.argmax(ctf_image[1:, 0] < 0) + 1
     assert first_y < first_x
-    batch = imaging.ctf_2d_batch(size, pix, [25000.0, 15000.0], [15000.0, 15000.0],
+    batch = ctf.ctf_2d_batch(size, pix, [25000.0, 15000.0], [15000.0, 15000.0],
                                  [np.pi / 2, 0.0], cs=0.0, amplitude_contrast=0.0)
-    np.testing.assert_allclose(batch[0], ctf)
+    np.testing.assert_allclose(batch[0], ctf_image)
     assert batch.shape == (2, size, size)
 
 
 def test_apply_ctf_identity_and_flip():
     img = np.random.default_rng(0).standard_normal((2, 16, 16)).astype(np.float32)
-    np.testing.assert_allclose(imaging.apply_ctf(img, np.ones((16, 16))), img, atol=1e-5)
-    np.testing.assert_allclose(imaging.apply_ctf(img, -np.ones((2, 16, 16))), -img, atol=1e-5)
+    np.testing.assert_allclose(ctf.apply_ctf(img, np.ones((16, 16))), img, atol=1e-5)
+    np.testing.assert_allclose(ctf.apply_ctf(img, -np.ones((2, 16, 16))), -img, atol=1e-5)
 
 
 def test_sample_ctf_params():
-    p = imaging.sample_ctf_params(500, defocus_range=(1e4, 3e4), astigmatism=(0, 800), seed=2)
+    p = ctf.sample_ctf_params(500, defocus_range=(1e4, 3e4), astigmatism=(0, 800), seed=2)
     mean = (p["defocus_u"] + p["defocus_v"]) / 2
     assert mean.min() >= 1e4 and mean.max() <= 3e4
     assert np.all(p["defocus_u"] >= p["defocus_v"]) and (p["defocus_u"] - p["defocus_v"]).max() <= 800
-    q = imaging.sample_ctf_params(500, seed=2, astigmatism=(0, 800))
+    q = ctf.sample_ctf_params(500, seed=2, astigmatism=(0, 800))
     np.testing.assert_array_equal(p["defocus_u"], q["defocus_u"])
 
 
@@ -288,7 +288,7 @@ def _ctf_reference(size, pix, du, dv, ang, voltage=300.0, cs=2.7, amp=0.1, ps=0.
     k2, theta = kx ** 2 + ky ** 2, np.arctan2(ky, kx)
     du, dv, ang, ps = np.broadcast_arrays(*[np.atleast_1d(np.asarray(a, np.float64))
                                             for a in (du, dv, ang, ps)])
-    lam = imaging.electron_wavelength(voltage)
+    lam = ctf.electron_wavelength(voltage)
     df = (0.5 * (du + dv)[:, None, None]
           + 0.5 * (du - dv)[:, None, None] * np.cos(2.0 * (theta - ang[:, None, None])))
     chi = (np.pi * lam * df * k2 - 0.5 * np.pi * cs * 1e7 * lam ** 3 * k2 ** 2
@@ -308,16 +308,16 @@ def test_ctf_2d_batch_matches_float64_formula(size, pix, df, astig):
     ang = rng.uniform(0.0, np.pi, m)
     ps = rng.uniform(0.0, 1.0, m)
     kw = dict(voltage=200.0, cs=1.4, amplitude_contrast=0.07)
-    got = imaging.ctf_2d_batch(size, pix, mean + a / 2, mean - a / 2, ang, phase_shift=ps,
+    got = ctf.ctf_2d_batch(size, pix, mean + a / 2, mean - a / 2, ang, phase_shift=ps,
                                b_factor=40.0, **kw)
     ref = _ctf_reference(size, pix, mean + a / 2, mean - a / 2, ang, 200.0, 1.4, 0.07, ps, 40.0)
     assert got.shape == (m, size, size) and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, atol=3e-6, rtol=0)
     # one image at a time gives the same as the batch; scalars broadcast
-    np.testing.assert_array_equal(imaging.ctf_2d(size, pix, mean[2] + a[2] / 2, mean[2] - a[2] / 2,
+    np.testing.assert_array_equal(ctf.ctf_2d(size, pix, mean[2] + a[2] / 2, mean[2] - a[2] / 2,
                                                  ang[2], phase_shift=ps[2], b_factor=40.0, **kw),
                                   got[2])
-    one = imaging.ctf_2d_batch(size, pix, 2e4, 2e4, 0.0, **kw)
+    one = ctf.ctf_2d_batch(size, pix, 2e4, 2e4, 0.0, **kw)
     np.testing.assert_allclose(one[0], _ctf_reference(size, pix, 2e4, 2e4, 0.0, 200.0, 1.4, 0.07)[0],
                                atol=3e-6, rtol=0)
 
@@ -326,11 +326,11 @@ def test_ctf_2d_batch_matches_float64_formula(size, pix, df, astig):
 def test_ctf_half_plane_is_slice_of_full_grid(size):
     # _filter_padded's CTF on the rfft2 half plane is the first size // 2 + 1 columns of
     # ctf_2d_batch's fft2 layout (the Nyquist column of an even size included).
-    p = imaging.sample_ctf_params(4, seed=3, astigmatism=(0, 2000))
-    maker = imaging._CTFMaker(size, 2.0, True, **p)
+    p = ctf.sample_ctf_params(4, seed=3, astigmatism=(0, 2000))
+    maker = ctf._CTFMaker(size, 2.0, True, **p)
     assert maker.shape == (size, size // 2 + 1)
     half = maker.fill(0, 4, np.empty((4, size * (size // 2 + 1)), np.float32))
-    full = imaging.ctf_2d_batch(size, 2.0, **p)
+    full = ctf.ctf_2d_batch(size, 2.0, **p)
     np.testing.assert_allclose(half.reshape(4, size, -1), full[..., : size // 2 + 1], atol=1e-6)
     # images b0:b1 of a batch are the same whatever the batch
     part = maker.fill(1, 3, np.empty((2, size * (size // 2 + 1)), np.float32))
@@ -343,7 +343,7 @@ def _filter_padded_reference(images, shifts=None, ctf_params=None, pixel_size=1.
     m, n = images.shape[0], images.shape[-1]
     if pad_size is None:
         extra = 0 if shifts is None else int(np.ceil(np.abs(shifts).max(initial=0)))
-        pad_size = imaging._even_fast_len(2 * n if ctf_params is not None else n + 2 * extra + 2)
+        pad_size = image_ops._even_fast_len(2 * n if ctf_params is not None else n + 2 * extra + 2)
     o = pad_size // 2 - n // 2
     big = np.zeros((m, pad_size, pad_size))
     big[:, o:o + n, o:o + n] = images
@@ -369,13 +369,13 @@ def test_filter_padded_matches_direct_computation(n, pad_size):
     m = 7
     imgs = rng.standard_normal((m, n, n)).astype(np.float32)
     shifts = rng.uniform(-3.5, 3.5, (m, 2))
-    p = imaging.sample_ctf_params(m, seed=n, defocus_range=(5e3, 2e4), astigmatism=(0, 1500))
+    p = ctf.sample_ctf_params(m, seed=n, defocus_range=(5e3, 2e4), astigmatism=(0, 1500))
     p["phase_shift"] = 0.3
     p["b_factor"] = 20.0
     scalar = dict(defocus_u=1.2e4, defocus_v=1.1e4, astig_angle=0.4)
     for kw in (dict(shifts=shifts), dict(ctf_params=p), dict(shifts=shifts, ctf_params=p),
                dict(ctf_params=scalar)):
-        got = imaging._filter_padded(imgs, pixel_size=2.5, pad_size=pad_size, **kw)
+        got = image_ops._filter_padded(imgs, pixel_size=2.5, pad_size=pad_size, **kw)
         ref = _filter_padded_reference(imgs, pixel_size=2.5, pad_size=pad_size, **kw)
         assert got.shape == (m, n, n) and got.dtype == np.float32
         np.testing.assert_allclose(got, ref, atol=2e-5 * np.abs(ref).max(), rtol=0)
@@ -388,32 +388,32 @@ def test_filter_padded_chunks_and_threads_do_not_change_results(monkeypatch):
     m, n = 1100, 16
     imgs = rng.standard_normal((m, n, n)).astype(np.float32)
     shifts = rng.uniform(-2, 2, (m, 2))
-    p = imaging.sample_ctf_params(m, seed=5)
-    monkeypatch.setattr(imaging, "_n_threads", lambda: 2)
-    many = imaging._filter_padded(imgs, shifts=shifts, ctf_params=p, pixel_size=4.0)
+    p = ctf.sample_ctf_params(m, seed=5)
+    monkeypatch.setattr(threads, "_n_threads", lambda: 2)
+    many = image_ops._filter_padded(imgs, shifts=shifts, ctf_params=p, pixel_size=4.0)
     for i in (0, 500, 1099):
-        one = imaging._filter_padded(imgs[i:i + 1], shifts=shifts[i:i + 1], pixel_size=4.0,
+        one = image_ops._filter_padded(imgs[i:i + 1], shifts=shifts[i:i + 1], pixel_size=4.0,
                                      ctf_params={k: (v[i:i + 1] if np.ndim(v) else v)
                                                  for k, v in p.items()})
         np.testing.assert_allclose(many[i], one[0], atol=1e-6)
-    monkeypatch.setattr(imaging, "_n_threads", lambda: 1)
+    monkeypatch.setattr(threads, "_n_threads", lambda: 1)
     np.testing.assert_array_equal(
-        imaging._filter_padded(imgs, shifts=shifts, ctf_params=p, pixel_size=4.0), many)
+        image_ops._filter_padded(imgs, shifts=shifts, ctf_params=p, pixel_size=4.0), many)
     with pytest.raises(ValueError):
-        imaging._filter_padded(imgs, ctf_params={k: (v[:5] if np.ndim(v) else v)
+        image_ops._filter_padded(imgs, ctf_params={k: (v[:5] if np.ndim(v) else v)
                                                  for k, v in p.items()})
 
 
-@pytest.mark.parametrize("total, chunk, threads", [(0, 4, 2), (1, 4, 2), (10, 3, 2), (10, 3, 1),
-                                                   (9, 3, 4), (5, 100, 2)])
-def test_run_chunks_covers_each_item_once(total, chunk, threads):
+@pytest.mark.parametrize("total, chunk, n_threads", [(0, 4, 2), (1, 4, 2), (10, 3, 2), (10, 3, 1),
+                                                     (9, 3, 4), (5, 100, 2)])
+def test_run_chunks_covers_each_item_once(total, chunk, n_threads):
     seen = np.zeros(total, int)
 
     def fn(b0, b1):
         assert 0 < b1 - b0 <= chunk
         seen[b0:b1] += 1
 
-    imaging._run_chunks(total, chunk, fn, threads=threads)
+    threads._run_chunks(total, chunk, fn, threads=n_threads)
     np.testing.assert_array_equal(seen, 1)
 
 
@@ -421,19 +421,19 @@ def test_run_chunks_covers_each_item_once(total, chunk, threads):
 
 def test_noise_variance_and_snr_round_trip():
     zeros = np.zeros((50, 32, 32), np.float32)
-    noisy = imaging.add_noise(zeros, sigma2=16.0, seed=1)
+    noisy = image_ops.add_noise(zeros, sigma2=16.0, seed=1)
     np.testing.assert_allclose(noisy.var(), 16.0, rtol=0.02)
-    np.testing.assert_array_equal(noisy, imaging.add_noise(zeros, sigma2=16.0, seed=1))
-    assert not np.array_equal(noisy, imaging.add_noise(zeros, sigma2=16.0, seed=2))
-    np.testing.assert_allclose(imaging.sigma2_to_snr_db(16.0), -12.04, atol=0.01)
+    np.testing.assert_array_equal(noisy, image_ops.add_noise(zeros, sigma2=16.0, seed=1))
+    assert not np.array_equal(noisy, image_ops.add_noise(zeros, sigma2=16.0, seed=2))
+    np.testing.assert_allclose(image_ops.sigma2_to_snr_db(16.0), -12.04, atol=0.01)
     for s2 in (0.5, 4.0, 16.0):
-        np.testing.assert_allclose(imaging.snr_db_to_sigma2(imaging.sigma2_to_snr_db(s2, 2.0), 2.0), s2)
+        np.testing.assert_allclose(image_ops.snr_db_to_sigma2(image_ops.sigma2_to_snr_db(s2, 2.0), 2.0), s2)
     signal = 3.0 * np.random.default_rng(0).standard_normal((50, 32, 32)).astype(np.float32)
-    out = imaging.add_noise(signal, snr_db=-6.0, seed=0)
-    measured = imaging.sigma2_to_snr_db((out - signal).var(), signal.var())
+    out = image_ops.add_noise(signal, snr_db=-6.0, seed=0)
+    measured = image_ops.sigma2_to_snr_db((out - signal).var(), signal.var())
     np.testing.assert_allclose(measured, -6.0, atol=0.1)
     with pytest.raises(ValueError):
-        imaging.add_noise(signal, sigma2=1.0, snr_db=0.0)
+        image_ops.add_noise(signal, sigma2=1.0, snr_db=0.0)
 
 
 # ----------------------------------------------------------------- resampling, normalising
@@ -442,7 +442,7 @@ def test_downsample_preserves_low_frequencies_and_values():
     n, m = 64, 32
     c = np.arange(n) - n // 2
     img = np.exp(-(c[:, None] ** 2 + (c[None, :] - 4) ** 2) / (2 * 4.0 ** 2)).astype(np.float32)
-    small = imaging.downsample(img[None], m)[0]
+    small = image_ops.downsample(img[None], m)[0]
     cm = (np.arange(m) - m // 2) * (n / m)
     expected = np.exp(-(cm[:, None] ** 2 + (cm[None, :] - 4) ** 2) / (2 * 4.0 ** 2))
     np.testing.assert_allclose(small, expected, atol=1e-4)
@@ -452,22 +452,22 @@ def test_downsample_preserves_low_frequencies_and_values():
     for ky, kx in [(0, 0), (0, 3), (2, -5), (-4, 1)]:
         np.testing.assert_allclose(G[ky, kx], F[ky, kx], atol=1e-3 * abs(F[0, 0]))
     # up then down is the identity; odd sizes keep the centre too
-    np.testing.assert_allclose(imaging.downsample(imaging.downsample(small[None], 45), m)[0],
+    np.testing.assert_allclose(image_ops.downsample(image_ops.downsample(small[None], 45), m)[0],
                                small, atol=1e-4)
     vol = np.zeros((16, 16, 16), np.float32)
     vol[8, 8, 8] = 1.0
-    small_vol = imaging.downsample_volume(vol, 9)
+    small_vol = volumes.downsample_volume(vol, 9)
     assert np.unravel_index(np.argmax(small_vol), small_vol.shape) == (4, 4, 4)
 
 
 def test_normalize_images():
     rng = np.random.default_rng(0)
     imgs = (5 + 3 * rng.standard_normal((4, 20, 20))).astype(np.float32)
-    out = imaging.normalize_images(imgs)
+    out = image_ops.normalize_images(imgs)
     np.testing.assert_allclose(out.mean(axis=(1, 2)), 0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=(1, 2)), 1, atol=1e-4)
     imgs[:, 8:12, 8:12] += 100.0                  # a bright particle in the centre
-    out = imaging.normalize_images(imgs, radius=6)
+    out = image_ops.normalize_images(imgs, radius=6)
     c = np.arange(20) - 10
     bg = (c[:, None] ** 2 + c[None, :] ** 2) > 36
     np.testing.assert_allclose(out[:, bg].mean(axis=1), 0, atol=1e-4)
@@ -492,7 +492,7 @@ def test_read_volume_pads_to_centred_even_cube(tmp_path):
     data = np.zeros((7, 5, 9), np.float32)
     data[3, 2, 4] = 1.0                           # the centre voxel of each axis
     _write_mrc(tmp_path / "v.mrc", data, 2.5)
-    vol, vs = imaging.read_volume(tmp_path / "v.mrc")
+    vol, vs = volumes.read_volume(tmp_path / "v.mrc")
     assert vol.shape == (10, 10, 10) and vol.dtype == np.float32
     assert vs == pytest.approx(2.5)
     assert vol[5, 5, 5] == 1.0 and vol.sum() == 1.0
@@ -503,7 +503,7 @@ def test_read_volume_honours_axis_order(tmp_path):
     vol_zyx = rng.standard_normal((3, 4, 5)).astype(np.float32)
     # stored with columns = z, rows = y, sections = x: array (x, y, z)
     _write_mrc(tmp_path / "a.mrc", vol_zyx.transpose(2, 1, 0), axes=(3, 2, 1))
-    vol, _ = imaging.read_volume(tmp_path / "a.mrc", cube=False)
+    vol, _ = volumes.read_volume(tmp_path / "a.mrc", cube=False)
     np.testing.assert_array_equal(vol, vol_zyx)
 
 
@@ -524,7 +524,7 @@ def test_read_volume_errors(tmp_path, case):
         data[1, 2, 3] = np.nan
         _write_mrc(path, data)
     with pytest.raises(ValueError):
-        imaging.read_volume(path)
+        volumes.read_volume(path)
 
 
 # ------------------------------------------------------------------- simulate_particles
@@ -534,9 +534,9 @@ def test_simulate_particles_reproducible_and_scaled():
     kw = dict(image_size=16, max_shift=2.0, ctf={"defocus_range": (5e3, 1e4)},
               sigma2=4.0, voxel_size=3.0, seed=5, batch_size=3)
     calls = []
-    a = imaging.simulate_particles(vol, 8, progress=lambda d, t: calls.append((d, t)), **kw)
-    b = imaging.simulate_particles(vol, 8, **kw)
-    c = imaging.simulate_particles(vol, 8, **dict(kw, seed=6))
+    a = simulation.simulate_particles(vol, 8, progress=lambda d, t: calls.append((d, t)), **kw)
+    b = simulation.simulate_particles(vol, 8, **kw)
+    c = simulation.simulate_particles(vol, 8, **dict(kw, seed=6))
     assert a["images"].shape == (8, 16, 16) and a["images"].dtype == np.float32
     for key in ("images", "clean", "quaternions", "shifts"):
         np.testing.assert_array_equal(a[key], b[key])
@@ -551,8 +551,8 @@ def test_simulate_particles_reproducible_and_scaled():
 
 def test_simulate_particles_noiseless_matches_projection():
     vol, _ = _gaussians(20, [(1.0, 2.0, -1.0)], [2.0])
-    out = imaging.simulate_particles(vol, 4, seed=1)
-    proj = imaging.project(vol, out["quaternions"]) * out["scale"]
+    out = simulation.simulate_particles(vol, 4, seed=1)
+    proj = projection.project(vol, out["quaternions"]) * out["scale"]
     np.testing.assert_allclose(out["images"], proj, atol=1e-5 * np.abs(proj).max())
     assert out["sigma2"] is None and out["ctf"] is None
     np.testing.assert_array_equal(out["shifts"], 0)

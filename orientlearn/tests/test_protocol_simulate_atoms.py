@@ -9,7 +9,7 @@ from pwem.protocols import ProtImportPdb
 
 from orientlearn import convert
 from orientlearn.constants import SIM_FROM_ATOMSTRUCT, SIM_FROM_FILES
-from orientlearn.core import atoms, imaging
+from orientlearn.core import atoms, volumes
 from orientlearn.protocols import OrientLearnProtSimulate
 from orientlearn.tests.atomic_models import tiny_protein, write_pdb
 
@@ -38,7 +38,7 @@ class TestSimulateFromAtoms(BaseTest):
         self.assertAlmostEqual(parts.getSamplingRate(), 1.5, places=6)
         # the map is the one core/atoms.py computes, centred, in the smallest even box
         expected = atoms.atoms_to_map(self.pdb_a, 1.5).volume
-        vol, voxel = imaging.read_volume(convert.clean_path(prot.outputVolume.getFileName()))
+        vol, voxel = volumes.read_volume(convert.clean_path(prot.outputVolume.getFileName()))
         self.assertAlmostEqual(voxel, 1.5, places=4)
         self.assertEqual(parts.getXDim(), expected.shape[0])
         self.assertLess(np.abs(vol - expected).max(), 1e-5 * np.abs(expected).max())

@@ -1,4 +1,4 @@
-"""Tests of core/reconstruct.py: direct Fourier inversion, FSC, handedness, ASTRA geometry.
+"""Tests of core/reconstruction.py and core/fsc.py: direct Fourier inversion, FSC, handedness, ASTRA geometry.
 
 Ground truth is a sum of Gaussian blobs, whose projections are known in closed form
 (a Gaussian projects to a 2-D Gaussian centred at ``(R c)_xy + t``), so the tests do not
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from orientlearn.core import geometry
-from orientlearn.core import reconstruct as rc
+from orientlearn.core import fsc, projection, reconstruction
 
 N = 32
 
@@ -79,27 +79,27 @@ def scene():
 
 def test_true_orientations_reach_nyquist(scene):
     calls = []
-    vol = rc.reconstruct_fourier(scene["images"], scene["q"],
+    vol = reconstruction.reconstruct_fourier(scene["images"], scene["q"],
                                  progress=lambda d, t: calls.append((d, t)))
     assert vol.shape == (N, N, N) and vol.dtype == np.float32
-    freq, curve = rc.fsc(vol, scene["truth"])
-    assert rc.resolution_at(freq, curve, 0.5) < 2.5          # Nyquist is 2 pixels
+    freq, curve = fsc.fsc(vol, scene["truth"])
+    assert fsc.resolution_at(freq, curve, 0.5) < 2.5          # Nyquist is 2 pixels
     assert curve[: N // 2 - 3].min() > 0.95
     # Right scale, not just right shape: least-squares gain near 1.
     gain = (vol * scene["truth"]).sum() / (scene["truth"] ** 2).sum()
     assert abs(gain - 1) < 0.05
     assert calls[-1] == (300, 300)
     # Matrices and quaternions are the same input.
-    same = rc.reconstruct_fourier(scene["images"][:40], scene["rot"][:40], n_threads=1)
-    also = rc.reconstruct_fourier(scene["images"][:40], scene["q"][:40], n_threads=2)
+    same = reconstruction.reconstruct_fourier(scene["images"][:40], scene["rot"][:40], n_threads=1)
+    also = reconstruction.reconstruct_fourier(scene["images"][:40], scene["q"][:40], n_threads=2)
     np.testing.assert_allclose(same, also, atol=1e-4 * np.abs(same).max())
 
 
 def test_random_orientations_collapse(scene):
     wrong = geometry.uniform_quaternions(300, seed=5)
-    vol = rc.reconstruct_fourier(scene["images"], wrong)
-    freq, curve = rc.fsc(vol, scene["truth"])
-    assert rc.resolution_at(freq, curve, 0.5) > 8.0
+    vol = reconstruction.reconstruct_fourier(scene["images"], wrong)
+    freq, curve = fsc.fsc(vol, scene["truth"])
+    assert fsc.resolution_at(freq, curve, 0.5) > 8.0
     assert np.nanmean(curve[4:]) < 0.3
 
 
@@ -107,24 +107,24 @@ def test_shifts_are_corrected(scene):
     rng = np.random.default_rng(3)
     shifts = rng.uniform(-3, 3, (300, 2))
     images = blob_projections(N, scene["blobs"], scene["rot"], shifts)
-    good = rc.reconstruct_fourier(images, scene["q"], shifts=shifts)
-    bad = rc.reconstruct_fourier(images, scene["q"])
-    f, c_good = rc.fsc(good, scene["truth"])
-    _, c_bad = rc.fsc(bad, scene["truth"])
-    assert rc.resolution_at(f, c_good, 0.5) < 2.5
-    assert rc.resolution_at(f, c_bad, 0.5) > 4.0
+    good = reconstruction.reconstruct_fourier(images, scene["q"], shifts=shifts)
+    bad = reconstruction.reconstruct_fourier(images, scene["q"])
+    f, c_good = fsc.fsc(good, scene["truth"])
+    _, c_bad = fsc.fsc(bad, scene["truth"])
+    assert fsc.resolution_at(f, c_good, 0.5) < 2.5
+    assert fsc.resolution_at(f, c_bad, 0.5) > 4.0
 
 
 def test_half_map_fsc_noisy_lower_than_clean(scene):
     images = scene["images"]
     noisy = images + np.random.default_rng(0).normal(0, 2 * images.std(), images.shape)
-    h1, h2, f, clean = rc.half_map_fsc(images, scene["q"], seed=7)
+    h1, h2, f, clean = fsc.half_map_fsc(images, scene["q"], seed=7)
     assert h1.shape == (N, N, N) and h2.shape == (N, N, N)
-    _, _, _, noisy_curve = rc.half_map_fsc(noisy.astype(np.float32), scene["q"], seed=7)
-    assert rc.resolution_at(f, noisy_curve, 0.5) > rc.resolution_at(f, clean, 0.5) + 1.0
+    _, _, _, noisy_curve = fsc.half_map_fsc(noisy.astype(np.float32), scene["q"], seed=7)
+    assert fsc.resolution_at(f, noisy_curve, 0.5) > fsc.resolution_at(f, clean, 0.5) + 1.0
     assert np.nanmean(noisy_curve[1:]) < np.nanmean(clean[1:]) - 0.1
     # Same seed, same split, same maps.
-    again = rc.half_map_fsc(images, scene["q"], seed=7)
+    again = fsc.half_map_fsc(images, scene["q"], seed=7)
     np.testing.assert_array_equal(again[0], h1)
 
 
@@ -133,16 +133,16 @@ def test_ctf_correction_improves_fsc(scene):
     defocus = np.random.default_rng(2).uniform(8000, 20000, 300)
     ctfs = simple_ctf(N, pixel, defocus)
     images = apply_ctf(scene["images"], ctfs)
-    plain = rc.reconstruct_fourier(images, scene["q"])
-    corrected = rc.reconstruct_fourier(images, scene["q"], ctfs=ctfs)
+    plain = reconstruction.reconstruct_fourier(images, scene["q"])
+    corrected = reconstruction.reconstruct_fourier(images, scene["q"], ctfs=ctfs)
     # A callable gives CTFs on the padded grid (same pixel size, finer frequency step).
-    exact = rc.reconstruct_fourier(images, scene["q"], ctfs=lambda idx, size: simple_ctf(
+    exact = reconstruction.reconstruct_fourier(images, scene["q"], ctfs=lambda idx, size: simple_ctf(
         size, pixel, defocus[idx]))
-    f, c_plain = rc.fsc(plain, scene["truth"], pixel)
+    f, c_plain = fsc.fsc(plain, scene["truth"], pixel)
     for vol in (corrected, exact):
-        _, c_corr = rc.fsc(vol, scene["truth"], pixel)
+        _, c_corr = fsc.fsc(vol, scene["truth"], pixel)
         assert np.nanmean(c_corr[1:]) > np.nanmean(c_plain[1:]) + 0.2
-        assert rc.resolution_at(f, c_corr, 0.5) < rc.resolution_at(f, c_plain, 0.5)
+        assert fsc.resolution_at(f, c_corr, 0.5) < fsc.resolution_at(f, c_plain, 0.5)
 
 
 def test_symmetry_helps_with_few_images():
@@ -150,38 +150,38 @@ def test_symmetry_helps_with_few_images():
     truth = blob_volume(N, blobs)
     q = geometry.uniform_quaternions(12, seed=11)
     images = blob_projections(N, blobs, geometry.quaternion_to_matrix(q))
-    c1 = rc.reconstruct_fourier(images, q, symmetry="C1")
-    c4 = rc.reconstruct_fourier(images, q, symmetry="C4")
-    f, fsc_c1 = rc.fsc(c1, truth)
-    _, fsc_c4 = rc.fsc(c4, truth)
+    c1 = reconstruction.reconstruct_fourier(images, q, symmetry="C1")
+    c4 = reconstruction.reconstruct_fourier(images, q, symmetry="C4")
+    f, fsc_c1 = fsc.fsc(c1, truth)
+    _, fsc_c4 = fsc.fsc(c4, truth)
     assert np.nanmean(fsc_c4[1:]) > np.nanmean(fsc_c1[1:]) + 0.05
-    assert rc.resolution_at(f, fsc_c4, 0.5) < rc.resolution_at(f, fsc_c1, 0.5)
+    assert fsc.resolution_at(f, fsc_c4, 0.5) < fsc.resolution_at(f, fsc_c1, 0.5)
 
 
 def test_fsc_of_a_map_with_itself_is_one(scene):
-    freq, curve = rc.fsc(scene["truth"], scene["truth"], pixel_size=3.0)
+    freq, curve = fsc.fsc(scene["truth"], scene["truth"], pixel_size=3.0)
     assert len(freq) == N // 2 + 1
     assert freq[-1] == pytest.approx(1 / 6.0)                # Nyquist 1 / (2 * pixel)
     np.testing.assert_allclose(curve, 1.0, atol=1e-9)
-    assert rc.resolution_at(freq, curve, 0.143) == pytest.approx(6.0)
+    assert fsc.resolution_at(freq, curve, 0.143) == pytest.approx(6.0)
     # Unrelated noise correlates at ~0 beyond the first shells.
     rng = np.random.default_rng(0)
-    _, noise = rc.fsc(rng.standard_normal((N,) * 3), rng.standard_normal((N,) * 3))
+    _, noise = fsc.fsc(rng.standard_normal((N,) * 3), rng.standard_normal((N,) * 3))
     assert np.abs(noise[3:]).max() < 0.2
 
 
 def test_resolution_at_interpolates():
     f = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
-    assert rc.resolution_at(f, [1.0, 0.9, 0.7, 0.3, 0.1], 0.5) == pytest.approx(1 / 0.25)
+    assert fsc.resolution_at(f, [1.0, 0.9, 0.7, 0.3, 0.1], 0.5) == pytest.approx(1 / 0.25)
     # Never below: the sampling limit 1 / max frequency.
-    assert rc.resolution_at(f, [1.0, 0.9, 0.8, 0.7, 0.6], 0.5) == pytest.approx(2.5)
+    assert fsc.resolution_at(f, [1.0, 0.9, 0.8, 0.7, 0.6], 0.5) == pytest.approx(2.5)
     # NaN shells are skipped; interpolation spans the gap.
-    assert rc.resolution_at(f, [1.0, 0.9, np.nan, 0.1, 0.0], 0.5) == pytest.approx(
+    assert fsc.resolution_at(f, [1.0, 0.9, np.nan, 0.1, 0.0], 0.5) == pytest.approx(
         1 / (0.1 + 0.4 / 0.8 * 0.2))
     # Crossing between DC and the first shell; no shell above the threshold at all.
-    assert rc.resolution_at(f, [1.0, 0.2, 0.1, 0.0, 0.0], 0.5) == pytest.approx(
+    assert fsc.resolution_at(f, [1.0, 0.2, 0.1, 0.0, 0.0], 0.5) == pytest.approx(
         1 / (0.1 * 0.5 / 0.8))
-    assert rc.resolution_at(f, [np.nan, 0.2, 0.1, 0.0, 0.0], 0.5) == float("inf")
+    assert fsc.resolution_at(f, [np.nan, 0.2, 0.1, 0.0, 0.0], 0.5) == float("inf")
 
 
 def test_handedness_is_resolved(scene):
@@ -189,18 +189,18 @@ def test_handedness_is_resolved(scene):
     # mirrored map.
     jay = np.diag([1.0, 1.0, -1.0])
     mirrored_rot = jay @ scene["rot"] @ jay
-    vol = rc.reconstruct_fourier(scene["images"], mirrored_rot)
-    f, direct = rc.fsc(vol, scene["truth"])
-    f, curve, flipped = rc.fsc_with_handedness(vol, scene["truth"])
+    vol = reconstruction.reconstruct_fourier(scene["images"], mirrored_rot)
+    f, direct = fsc.fsc(vol, scene["truth"])
+    f, curve, flipped = fsc.fsc_with_handedness(vol, scene["truth"])
     assert flipped
-    assert rc.resolution_at(f, curve, 0.5) < 2.5
+    assert fsc.resolution_at(f, curve, 0.5) < 2.5
     assert np.nanmean(direct[1:]) < np.nanmean(curve[1:]) - 0.3
-    _, _, flipped_again = rc.fsc_with_handedness(scene["truth"], scene["truth"])
+    _, _, flipped_again = fsc.fsc_with_handedness(scene["truth"], scene["truth"])
     assert not flipped_again
 
 
 def test_soft_spherical_mask():
-    mask = rc.soft_spherical_mask(N, radius=8, width=4)
+    mask = reconstruction.soft_spherical_mask(N, radius=8, width=4)
     c = N // 2
     assert mask.shape == (N, N, N) and mask[c, c, c] == 1.0
     assert mask[c, c, c + 8] == 1.0 and mask[c, c, c + 12] == 0.0
@@ -216,7 +216,7 @@ def test_astra_vectors_match_convention():
     rot = geometry.quaternion_to_matrix(q)
     shifts = rng.uniform(-2, 2, (20, 2))
     point = np.array([3.0, -2.0, 5.0])
-    vec = rc.astra_projection_vectors(q, N, shifts)
+    vec = reconstruction.astra_projection_vectors(q, N, shifts)
     ray, d, u, v = vec[:, 0:3], vec[:, 3:6], vec[:, 6:9], vec[:, 9:12]
     np.testing.assert_allclose(np.einsum("mi,mi->m", ray, u), 0, atol=1e-12)
     # ASTRA pixel (i, j) is centred at d + (j - (N-1)/2) u + (i - (N-1)/2) v.
@@ -227,10 +227,10 @@ def test_astra_vectors_match_convention():
     np.testing.assert_allclose(row, ours[:, 1] + shifts[:, 1] + N // 2, atol=1e-9)
     # Same geometry as the projector's ASTRA path, where that exists.
     try:
-        from orientlearn.core.imaging import astra_vectors
+        from orientlearn.core.projection import astra_vectors
     except ImportError:
         return
-    np.testing.assert_allclose(rc.astra_projection_vectors(q, N), astra_vectors(q, N),
+    np.testing.assert_allclose(reconstruction.astra_projection_vectors(q, N), astra_vectors(q, N),
                                atol=1e-12)
 
 
@@ -238,16 +238,13 @@ def test_astra_reconstruction(scene):
     astra = pytest.importorskip("astra")
     if not astra.use_cuda():
         pytest.skip("ASTRA's 3-D reconstruction needs a CUDA GPU")
-    vol = rc.reconstruct_astra(scene["images"], scene["q"], iterations=30)
-    f, curve = rc.fsc(vol, scene["truth"])
-    assert rc.resolution_at(f, curve, 0.5) < 3.0
+    vol = reconstruction.reconstruct_astra(scene["images"], scene["q"], iterations=30)
+    f, curve = fsc.fsc(vol, scene["truth"])
+    assert fsc.resolution_at(f, curve, 0.5) < 3.0
 
 
 def test_with_imaging_projector(scene):
-    imaging = pytest.importorskip("orientlearn.core.imaging")
-    if not hasattr(imaging, "project"):
-        pytest.skip("imaging.project not written yet")
-    images = np.asarray(imaging.project(scene["truth"].astype(np.float32), scene["rot"]))
-    vol = rc.reconstruct_fourier(images, scene["q"])
-    f, curve = rc.fsc(vol, scene["truth"])
-    assert rc.resolution_at(f, curve, 0.5) < 2.6
+    images = np.asarray(projection.project(scene["truth"].astype(np.float32), scene["rot"]))
+    vol = reconstruction.reconstruct_fourier(images, scene["q"])
+    f, curve = fsc.fsc(vol, scene["truth"])
+    assert fsc.resolution_at(f, curve, 0.5) < 2.6

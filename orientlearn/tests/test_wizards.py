@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from orientlearn.wizards import helpers
-from orientlearn.core import imaging
+from orientlearn.core import image_ops
 
 
 def test_snr_sigma2_round_trip():
@@ -51,4 +51,4 @@ def test_symmetry_choices_orders():
 
 def test_imaging_snr_helpers_agree():
     # The wizard and the simulation use the same definition of SNR.
-    assert imaging.snr_db_to_sigma2(-6.0) == pytest.approx(helpers.snr_db_to_sigma2(-6.0))
+    assert image_ops.snr_db_to_sigma2(-6.0) == pytest.approx(helpers.snr_db_to_sigma2(-6.0))

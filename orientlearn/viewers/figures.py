@@ -59,7 +59,7 @@ def _recover_figures(prot, reference=None):
 
 def _reconstruct_figures(prot):
     from ..convert import clean_path
-    from ..core.imaging import read_volume
+    from ..core.volumes import read_volume
     from ..protocols.protocol_reconstruct import FSC_FILE
     vol, _ = read_volume(clean_path(prot.outputVolume.getFileName()), cube=False)
     figs = {"central_slices": plots.plot_central_slices(vol, title="Reconstruction")}

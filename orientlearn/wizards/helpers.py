@@ -25,7 +25,7 @@ def projection_variance(volume, n_views=16, seed=0):
 
     The signal variance behind an SNR when images are *not* standardised.
     """
-    from ..core.imaging import project
+    from ..core.projection import project
     images = project(volume, geometry.uniform_quaternions(n_views, seed))
     return float(np.mean(images.reshape(n_views, -1).var(axis=1)))
 
@@ -33,7 +33,7 @@ def projection_variance(volume, n_views=16, seed=0):
 def noisy_preview(volume, sigma2, size=None, seed=0):
     """One clean and one noisy particle ``(clean, noisy)``, ``(S, S)``, at unit-variance
     signal scaling as ``simulate`` makes them."""
-    from ..core.imaging import simulate_particles
+    from ..core.simulation import simulate_particles
     sim = simulate_particles(volume, 1, image_size=size, sigma2=sigma2 if sigma2 > 0 else None,
                              seed=seed)
     return sim["clean"][0], sim["images"][0]

@@ -9,7 +9,7 @@ from . import helpers
 
 def _volume_array(protocol):
     from ..convert import clean_path
-    from ..core.imaging import read_volume
+    from ..core.volumes import read_volume
     vol = protocol.inputVolume.get()
     if vol is None:
         raise ValueError("Select an input volume first.")

@@ -1,8 +1,4 @@
-"""Learned distance between projections, eq. (3) of the paper (§2.2, §3.3-3.4).
-
-``d_hat(p_i, p_j) = d_f(G(p_i), G(p_j)) ~ d_q(q_i, q_j)`` where ``G`` is a fully
-convolutional network (any image size, global average pooling to ``F`` features) and
-``d_f`` the angle between feature vectors, in ``[0, pi]`` radians, the range of ``d_q``.
+"""Training the distance network (paper §3.3-3.4): augmentation, pair loss, training loop.
 
 Training embeds a batch of ``B`` images once and supervises all ``B (B - 1) / 2`` pairs
 in it (DESIGN.md: pair-by-pair training is ~100x slower). The pairs are weighted so the
@@ -25,25 +21,25 @@ import json
 import math
 import os
 import time
-import zipfile
 
 import numpy as np
 
 from . import geometry
+from .model_io import _dump_json, _savez, _write_atomic
+from .network import (
+    _check_head,
+    _cosine_to_distance_tf,
+    _keras,
+    _tf,
+    build_embedding_network,
+    preprocess_images,
+)
 
 __all__ = [
-    "build_embedding_network", "feature_distance", "feature_distance_tf",
-    "preprocess_images", "embed", "train_distance_model", "save_distance_model",
-    "load_distance_model", "estimate_distances", "distance_matrix", "make_strategy",
-    "symmetric_distance_tf", "rotate_images_90", "ctf_augmentation", "mirror_images", "transform_quaternion",
-    "ARCHITECTURES", "DEFAULT_AUGMENTATION", "DISTANCE_HEADS", "cosine_to_distance",
-    "angle_to_distance",
+    "train_distance_model", "make_strategy", "symmetric_distance_tf", "rotate_images_90",
+    "ctf_augmentation", "mirror_images", "transform_quaternion", "DEFAULT_AUGMENTATION",
 ]
 
-ARCHITECTURES = ("resnet", "paper")
-#: How the cosine ``c`` of the angle between two feature vectors becomes a distance:
-#: ``'rotation'``: ``arccos((3 c - 1) / 2)``; ``'angle'``: ``arccos(c)`` (the paper's d_f).
-DISTANCE_HEADS = ("rotation", "angle")
 
 #: Defaults of ``train_distance_model``'s ``augmentation`` dict (see its docstring).
 DEFAULT_AUGMENTATION = dict(
@@ -55,184 +51,6 @@ DEFAULT_AUGMENTATION = dict(
     ctf=None,               # hook callable(images (n,S,S), rng) -> images, before noise;
                             # e.g. ctf_augmentation(pixel_size)
 )
-
-
-def _tf():
-    import tensorflow as tf  # imported lazily: numpy-only helpers need no TF start-up
-    return tf
-
-
-def _keras():
-    import keras
-    return keras
-
-
-# --------------------------------------------------------------------------- network
-
-def _scale_norm_class():
-    """Batch normalisation by the per-channel root mean square, with no centring and no
-    offset, so a zero feature map stays zero (zero-padding equals zero background, the
-    basis of the exact shift invariance of the 'resnet' architecture)."""
-    keras = _keras()
-    if "_ScaleNorm" in globals():
-        return globals()["_ScaleNorm"]
-
-    @keras.saving.register_keras_serializable(package="orientlearn")
-    class ScaleNorm(keras.layers.Layer):
-        def __init__(self, momentum=0.95, epsilon=1e-3, **kwargs):
-            super().__init__(**kwargs)
-            self.momentum, self.epsilon = momentum, epsilon
-
-        def build(self, input_shape):
-            c = input_shape[-1]
-            self.gamma = self.add_weight(shape=(c,), initializer="ones", name="gamma")
-            self.moving_ms = self.add_weight(shape=(c,), initializer="ones", trainable=False,
-                                             name="moving_mean_square", aggregation="mean")
-
-        def call(self, x, training=False):
-            ops = keras.ops
-            if training:
-                ms = ops.mean(ops.square(x), axis=(0, 1, 2))
-                self.moving_ms.assign(self.momentum * self.moving_ms
-                                      + (1.0 - self.momentum) * ops.stop_gradient(ms))
-            else:
-                ms = self.moving_ms
-            return x * (self.gamma * ops.rsqrt(ms + self.epsilon))
-
-        def get_config(self):
-            return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
-
-    globals()["_ScaleNorm"] = ScaleNorm
-    return ScaleNorm
-
-
-def build_embedding_network(architecture="resnet", n_features=64, width=None, seed=0):
-    """Fully convolutional embedding ``G``: images ``(B, H, W, 1)`` (any size) -> ``(B, F)``.
-
-    ``architecture``:
-
-    * ``'resnet'`` (default, fast on a CPU at 48-64 px): a 5x5 stride-2 stem, then four
-      stages (``width``, 2, 4, 8 x ``width`` channels, default ``width=24``) of one
-      residual block (two 3x3 convolutions) each, stages 2-4 entered by a stride-2 3x3
-      convolution (total stride 16). No biases and an uncentred normalisation
-      (``ScaleNorm``), so zero stays zero: on a zero-background image whose object stays
-      clear of the border, a shift by a multiple of 16 pixels leaves the features equal
-      to numerical precision (with 'same' zero padding and global average pooling).
-    * ``'paper'``: seven blocks of a 3x3 convolution (ReLU) and 2x2 max pooling with
-      32, 64, 128, 256, 512, 512, 512 filters (scaled by ``width / 32``, default 32).
-
-    Both end with global average pooling and a linear (bias-free) layer to
-    ``n_features``: the features must be able to point in opposite directions, or
-    angles above pi/2 could not be produced. ``seed`` fixes the initial weights.
-    """
-    keras = _keras()
-    layers = keras.layers
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"Unknown architecture {architecture!r}; choose from {ARCHITECTURES}.")
-    rng = np.random.default_rng(seed)
-
-    def init():
-        return keras.initializers.HeNormal(seed=int(rng.integers(2 ** 31)))
-
-    inp = keras.Input(shape=(None, None, 1), name="image")
-    if architecture == "resnet":
-        width = 24 if width is None else int(width)
-        Norm = _scale_norm_class()
-
-        def conv(x, ch, k=3, stride=1, zero=False):
-            return layers.Conv2D(ch, k, strides=stride, padding="same", use_bias=False,
-                                 kernel_initializer="zeros" if zero else init())(x)
-
-        x = conv(inp, width, k=5, stride=2)
-        x = layers.ReLU()(Norm()(x))
-        for stage in range(4):
-            ch = width * 2 ** stage
-            if stage:
-                x = layers.ReLU()(Norm()(conv(x, ch, stride=2)))
-            y = layers.ReLU()(Norm()(conv(x, ch)))
-            y = Norm()(conv(y, ch))
-            x = layers.ReLU()(layers.Add()([x, y]))
-    else:
-        width = 32 if width is None else int(width)
-        x = inp
-        for mult in (1, 2, 4, 8, 16, 16, 16):
-            x = layers.Conv2D(max(1, width * mult), 3, padding="same", activation="relu",
-                              kernel_initializer=init())(x)
-            x = layers.MaxPooling2D(2, padding="same")(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    out = layers.Dense(int(n_features), use_bias=False, name="features",
-                       kernel_initializer=keras.initializers.GlorotNormal(
-                           seed=int(rng.integers(2 ** 31))))(x)
-    return keras.Model(inp, out, name=f"orientlearn_{architecture}")
-
-
-# ------------------------------------------------------------------------- distances
-
-def _check_head(head):
-    if head not in DISTANCE_HEADS:
-        raise ValueError(f"Unknown distance head {head!r}; choose from {DISTANCE_HEADS}.")
-
-
-def cosine_to_distance(cos, head="angle"):
-    """Distance (radians, ``[0, pi]``) from the cosine similarity of two feature vectors.
-
-    ``'angle'`` (the paper's ``d_f``): ``arccos(c)``. Its Gram matrix is positive
-    semi-definite, but ``cos d_q`` over all pairs of orientations is not (its mean over
-    random pairs is -1/2, while unit vectors have a mean pairwise cosine >= -1/(n-1)),
-    so large distances must plateau (paper Fig. 6). ``'rotation'``: ``arccos((3 c - 1) /
-    2)``, i.e. ``c = (1 + 2 cos d) / 3 = tr(R_i^T R_j) / 3``, a positive semi-definite
-    kernel of the orientations (the inner product of rotation matrices): a network can
-    represent ``d_q`` exactly, with no plateau. ``c <= -1/3`` maps to ``pi``.
-    """
-    _check_head(head)
-    c = np.clip(np.asarray(cos, dtype=np.float64), -1.0, 1.0)
-    if head == "rotation":
-        c = np.clip((3.0 * c - 1.0) / 2.0, -1.0, 1.0)
-    return np.arccos(c)
-
-
-def angle_to_distance(angle, head="angle"):
-    """``cosine_to_distance`` of ``cos(angle)``: maps feature angles (radians) to
-    distances; the identity for the ``'angle'`` head."""
-    return cosine_to_distance(np.cos(np.asarray(angle, dtype=np.float64)), head)
-
-
-def feature_distance(fa, fb, head="angle"):
-    """Distance (radians, in ``[0, pi]``) between feature vectors ``(..., F)``
-    (broadcast): ``cosine_to_distance`` of their cosine similarity."""
-    fa = np.asarray(fa, dtype=np.float64)
-    fb = np.asarray(fb, dtype=np.float64)
-    na = np.linalg.norm(fa, axis=-1)
-    nb = np.linalg.norm(fb, axis=-1)
-    cos = np.sum(fa * fb, axis=-1) / np.maximum(na * nb, 1e-30)
-    return cosine_to_distance(cos, head)
-
-
-def _cosine_to_distance_tf(cos, head, eps=1e-6):
-    """TensorFlow ``cosine_to_distance``, the ``arccos`` argument clipped to
-    ``[-1 + eps, 1 - eps]`` so its gradient stays finite."""
-    tf = _tf()
-    if head == "rotation":
-        cos = (3.0 * cos - 1.0) / 2.0
-    return tf.acos(tf.clip_by_value(cos, -1.0 + eps, 1.0 - eps))
-
-
-def feature_distance_tf(fa, fb, eps=1e-6, head="angle"):
-    """TensorFlow ``feature_distance``, finite gradients (see ``_cosine_to_distance_tf``)."""
-    _check_head(head)
-    tf = _tf()
-    cos = tf.reduce_sum(tf.math.l2_normalize(fa, -1) * tf.math.l2_normalize(fb, -1), -1)
-    return _cosine_to_distance_tf(cos, head, eps)
-
-
-def distance_matrix(features, head="angle"):
-    """All-pairs distances of features ``(N, F)`` -> ``(N, N)`` float32 radians, zero
-    diagonal."""
-    f = np.asarray(features, dtype=np.float64)
-    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-30)
-    d = cosine_to_distance(f @ f.T, head).astype(np.float32)
-    np.fill_diagonal(d, 0.0)
-    return d
 
 
 def _quat_multiply_tf(q1, q2):
@@ -252,25 +70,6 @@ def symmetric_distance_tf(q1, q2, group):
     q2s = _quat_multiply_tf(q2[:, None, :], group[None, :, :])           # (B, G, 4)
     dots = tf.abs(tf.einsum("ad,bgd->abg", q1, q2s))
     return 2.0 * tf.acos(tf.clip_by_value(tf.reduce_max(dots, axis=-1), 0.0, 1.0))
-
-
-# ---------------------------------------------------------------- images, transforms
-
-def preprocess_images(images):
-    """Per-image standardisation: ``(N, S, S)`` or ``(N, S, S, 1)`` -> float32
-    ``(N, S, S, 1)`` with zero mean and unit standard deviation per image (a constant
-    image becomes zero). Used identically in training and embedding."""
-    x = np.asarray(images, dtype=np.float32)
-    if x.ndim == 4:
-        x = x[..., 0]
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3:
-        raise ValueError(f"images must be (N, S, S) or (N, S, S, 1), got {np.shape(images)}")
-    mean = x.mean(axis=(1, 2), keepdims=True, dtype=np.float64)
-    std = x.std(axis=(1, 2), keepdims=True, dtype=np.float64)
-    out = (x - mean) / np.where(std > 0, std, 1.0)
-    return out.astype(np.float32)[..., None]
 
 
 def rotate_images_90(images, k):
@@ -318,16 +117,16 @@ def ctf_augmentation(pixel_size, defocus_range=(1e4, 3e4), astigmatism=(0.0, 500
     image's spectrum by a random CTF (``imaging.ctf_2d_batch``; defocus Angstrom uniform
     on ``defocus_range``, astigmatism ``du - dv`` on ``astigmatism``, random angle), drawn
     from the batch's seeded generator. ``pixel_size`` Angstrom of the training images."""
-    from . import imaging
+    from . import ctf
 
     def hook(images, rng):
         n, size = len(images), images.shape[-1]
         mean = rng.uniform(*defocus_range, n)
         astig = rng.uniform(*astigmatism, n)
-        ctfs = imaging.ctf_2d_batch(size, pixel_size, mean + astig / 2, mean - astig / 2,
+        ctfs = ctf.ctf_2d_batch(size, pixel_size, mean + astig / 2, mean - astig / 2,
                                     rng.uniform(0, np.pi, n), voltage=voltage, cs=cs,
                                     amplitude_contrast=amplitude_contrast)
-        return preprocess_images(imaging.apply_ctf(images, ctfs))[..., 0]
+        return preprocess_images(ctf.apply_ctf(images, ctfs))[..., 0]
 
     return hook
 
@@ -371,8 +170,6 @@ def _draw_batch(clean, quats, pool, batch_size, aug, rng):
     src = np.concatenate([base, rng.choice(base, n_copy)]) if n_copy else base
     return _augment_batch(clean[src], quats[src], aug, rng)
 
-
-# ------------------------------------------------------------------------ the loss
 
 def _pair_loss_tf(features, quats, group, loss="mse", weighting="density",
                   min_weight_distance=0.25, n_bins=16, head="angle"):
@@ -421,8 +218,6 @@ def _constant_baseline(d_list, w_list, loss):
     return float(np.sum(w * np.abs(d - c))), c
 
 
-# ---------------------------------------------------------------------- training
-
 def make_strategy(gpus=None):
     """A ``tf.distribute`` strategy: ``MirroredStrategy`` over the visible GPUs (or the
     first ``gpus`` of them) when there are several, else the default strategy (one GPU
@@ -453,24 +248,6 @@ def _as_sets(images, quaternions):
             raise ValueError("Give as many quaternion arrays as image arrays.")
         return list(images), list(quaternions)
     return [images], [quaternions]
-
-
-def _write_atomic(path, write):
-    """Write through ``write(tmp_path)`` then rename: an interruption never leaves a
-    half-written checkpoint."""
-    tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _savez(path, arrays):
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
-def _dump_json(path, obj):
-    with open(path, "w") as fh:
-        json.dump(obj, fh)
 
 
 def train_distance_model(images, quaternions, symmetry="C1", architecture="resnet",
@@ -695,112 +472,3 @@ def train_distance_model(images, quaternions, symmetry="C1", architecture="resne
     if best_weights is not None:
         model.set_weights(best_weights)
     return model, history
-
-
-# ------------------------------------------------------------------ using a model
-
-def embed(model, images, batch_size=256, progress=None):
-    """Unit feature vectors ``(N, F)`` float32 of images ``(N, S, S)`` (standardised by
-    ``preprocess_images`` here). ``progress(done, total)`` after each batch."""
-    tf = _tf()
-    x = preprocess_images(images)
-    n = len(x)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)],
-                 autograph=False)
-    def forward(batch):
-        return tf.math.l2_normalize(model(batch, training=False), axis=-1)
-
-    out = []
-    for start in range(0, n, batch_size):
-        out.append(forward(tf.constant(x[start:start + batch_size])).numpy())
-        if progress is not None:
-            progress(min(start + batch_size, n), n)
-    if not out:
-        return np.zeros((0, model.output_shape[-1]), np.float32)
-    return np.concatenate(out).astype(np.float32)
-
-
-def estimate_distances(model, images_a, images_b, batch_size=256, head="angle"):
-    """``d_hat`` (radians) of the pairs ``(images_a[i], images_b[i])`` -> ``(N,)``."""
-    if len(images_a) != len(images_b):
-        raise ValueError("images_a and images_b must have the same length")
-    return feature_distance(embed(model, images_a, batch_size),
-                            embed(model, images_b, batch_size), head).astype(np.float32)
-
-
-def _metadata_path(path):
-    root, _ = os.path.splitext(str(path))
-    return root + ".json"
-
-
-def save_distance_model(model, path, metadata=None):
-    """Save ``model`` to one ``.keras`` file and ``metadata`` (a JSON-able dict: image
-    size, pixel size, architecture, symmetry, training summary...) to the ``.json``
-    beside it. Returns ``(model_path, metadata_path)``."""
-    path = str(path)
-    if not path.endswith(".keras"):
-        raise ValueError(f"The model file name must end with .keras: {path}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    model.save(path)
-    meta_path = _metadata_path(path)
-    meta = dict(metadata or {})
-    meta.setdefault("n_features", int(model.output_shape[-1]))
-    meta.setdefault("format", "orientlearn distance model 1")
-    with open(meta_path, "w") as fh:
-        json.dump(meta, fh, indent=1, default=_json_default)
-    return path, meta_path
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"Not JSON serialisable: {type(o)}")
-
-
-def load_distance_model(path):
-    """Load ``(model, metadata)`` saved by ``save_distance_model``.
-
-    Raises ``FileNotFoundError`` when the file is missing and ``ValueError`` when it is
-    not a readable Keras model (truncated, corrupt, another format)."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No distance model file at {path}")
-    _scale_norm_class()   # registers the custom layer
-    keras = _keras()
-    try:
-        if not zipfile.is_zipfile(path):
-            raise ValueError("not a zip archive")
-        model = keras.models.load_model(path, compile=False,
-                                        custom_objects={"ScaleNorm": _scale_norm_class()})
-    except Exception as exc:  # keras raises many types for damaged files
-        raise ValueError(f"Could not read the distance model {path}: it is corrupt or not a "
-                         f"Keras model file ({type(exc).__name__}: {exc})") from exc
-    meta = {}
-    meta_path = _metadata_path(path)
-    if os.path.exists(meta_path):
-        try:
-            with open(meta_path) as fh:
-                meta = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"Corrupt metadata file {meta_path}: {exc}") from exc
-    meta.setdefault("head", "angle")      # models saved before heads existed
-    return model, meta
-
-
-def validation_indices(set_sizes, validation_fraction=0.2, seed=0):
-    """The particles ``train_distance_model`` holds out, per training set.
-
-    ``set_sizes``: an int or a list of ints (particles per set). Returns a list of sorted
-    index arrays, one per set: the same split ``train_distance_model`` makes with the same
-    ``validation_fraction`` and ``seed`` (so held-out particles can be evaluated later).
-    """
-    sizes = [set_sizes] if np.isscalar(set_sizes) else list(set_sizes)
-    split_rng = np.random.default_rng([seed, 1])
-    out = []
-    for n in sizes:
-        perm = split_rng.permutation(int(n))
-        out.append(np.sort(perm[:int(round(validation_fraction * n))]))
-    return out
