@@ -22,7 +22,7 @@ ASPIRE writes a ``logs/`` folder into its current directory (also on a bare
 Conventions. ASPIRE's rotations are converted to our quaternions as
 ``q = L c(q_aspire)`` with ``c`` the identity or the conjugation (``R^T``) and ``L`` one of
 the 8 exact image-side transforms of ``recovery.image_transforms()``. For images laid out
-as ``orientlearn`` writes and reads them (``imaging.simulate_particles``, MRC stacks via
+as ``orientlearn`` writes and reads them (``simulation.simulate_particles``, MRC stacks via
 ``convert.read_particle_images``) it is ``DEFAULT_CONVENTION``: the conjugate, no image
 transform (found by ``choose_convention`` on noiseless projections with ASPIRE 0.14.3:
 0.002 rad rotation + handedness error). Nothing in this module imports Scipion.

@@ -124,7 +124,7 @@ def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1"
             padded grid), or a callable ``ctfs(indices, size) -> (B, size, size)``
             giving the CTFs of images ``indices`` on a ``size`` grid with the SAME pixel
             size (finer frequency step), e.g. ``lambda i, size:
-            imaging.ctf_2d_batch(size, pixel_size, du[i], dv[i], angle[i], ...)``:
+            ctf.ctf_2d_batch(size, pixel_size, du[i], dv[i], angle[i], ...)``:
             exact values, preferable at high defocus. The CTF's sign convention
             does not matter.
         symmetry: point group name (``geometry.symmetry_group``); each image is inserted

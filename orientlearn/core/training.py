@@ -114,7 +114,7 @@ def transform_quaternion(q, k, mirror):
 def ctf_augmentation(pixel_size, defocus_range=(1e4, 3e4), astigmatism=(0.0, 500.0),
                      voltage=300.0, cs=2.7, amplitude_contrast=0.1):
     """A ``ctf`` hook for ``train_distance_model``'s ``augmentation``: multiplies each
-    image's spectrum by a random CTF (``imaging.ctf_2d_batch``; defocus Angstrom uniform
+    image's spectrum by a random CTF (``ctf.ctf_2d_batch``; defocus Angstrom uniform
     on ``defocus_range``, astigmatism ``du - dv`` on ``astigmatism``, random angle), drawn
     from the batch's seeded generator. ``pixel_size`` Angstrom of the training images."""
     from . import ctf
