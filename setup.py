@@ -12,24 +12,36 @@ setup(
     long_description=long_description,
     long_description_content_type="text/markdown",
     license="GPLv3",
-    python_requires=">=3.9,<3.12",
+    # Scipion 3 runs on Python 3.8-3.12; TensorFlow 2.18 and numpy 1.26 need >= 3.9.
+    python_requires=">=3.9,<3.13",
     packages=find_packages(),
     include_package_data=True,
     package_data={"orientlearn": ["data/*.mrc", "templates/*.json.template", "*.bib",
                                   "protocols.conf"]},
     install_requires=[
-        "scipion-pyworkflow==3.11.7",
-        "scipion-em==3.11.1",
-        "numpy==1.26.1",
+        # Lower bounds only: installing the plugin never changes the user's Scipion.
+        # 3.9.0 is the first pyworkflow whose _insertFunctionStep takes needsGPU; with
+        # scipion-em 3.9.0 this resolves and leaves both alone (.ci/check_install.py).
+        "scipion-pyworkflow>=3.9.0",
+        "scipion-em>=3.9.0",
+        # numpy: Scipion's pyworkflow pins it (1.26.1 for Python >= 3.9); TensorFlow 2.18
+        # needs >= 1.26. No pin of our own.
+        "numpy>=1.26,<2",
         "scipy>=1.10,<1.15",
         "matplotlib>=3.7",
         "mrcfile>=1.4",
+        "threadpoolctl>=3.1",
+        # CPU TensorFlow in Scipion's Python, so that a plain install runs everything.
+        # Bounded: 2.19 breaks this stack. GPUs: the plugin's own environment
+        # (scipion3 installb orientlearn, see README), or the 'gpu' extra.
         "tensorflow-cpu>=2.18,<2.19",
-        "astra-toolbox==2.5.0",
     ],
     extras_require={
-        # CUDA TensorFlow in place of the CPU build (uninstall tensorflow-cpu first).
-        "gpu": ["tensorflow[and-cuda]>=2.18,<2.19"],
+        # CUDA TensorFlow and ASTRA (GPU projector / CGLS) in place of the CPU build
+        # (uninstall tensorflow-cpu first).
+        "gpu": ["tensorflow[and-cuda]>=2.18,<2.19", "astra-toolbox>=2.1"],
+        # ASTRA alone (its 3-D algorithms need a CUDA GPU; everything has a CPU path).
+        "astra": ["astra-toolbox>=2.1"],
         # scipion-em-relion: its star converter checks our ALIGN_PROJ convention in
         # tests/test_convert.py (skipped without it); pure Python, leaves numpy alone.
         "test": ["pytest>=7", "scipion-em-relion>=5.0.2,<6"],
@@ -42,5 +54,10 @@ setup(
         "pyworkflow.plugin": "orientlearn = orientlearn",
         "console_scripts": ["orientlearn-demo = orientlearn.demo:main"],
     },
-    classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering"],
+    classifiers=["Programming Language :: Python :: 3",
+                 "Programming Language :: Python :: 3.9",
+                 "Programming Language :: Python :: 3.10",
+                 "Programming Language :: Python :: 3.11",
+                 "Programming Language :: Python :: 3.12",
+                 "Topic :: Scientific/Engineering"],
 )

@@ -2,9 +2,14 @@
 
 # Plugin variables (read from the environment or Scipion's config)
 ORIENTLEARN_GPU = "ORIENTLEARN_GPU"          # default GPU ids for TensorFlow, "" = CPU
+# Folder of the plugin's own environment (scipion3 installb orientlearn)
+ORIENTLEARN_HOME = "ORIENTLEARN_HOME"
 # Python of an environment with ASPIRE (same name as core.peer_aspire.ASPIRE_PYTHON_VAR;
 # not imported from there so that `python -m orientlearn.core.peer_aspire` runs cleanly).
 ORIENTLEARN_ASPIRE_PYTHON = "ORIENTLEARN_ASPIRE_PYTHON"
+
+# Threads of the parallel section by default (at most the cores the run may use)
+DEFAULT_THREADS = 4
 
 # Choices in forms
 ORIENT_UNIFORM = 0

@@ -13,6 +13,7 @@ import numpy as np
 import pyworkflow.protocol.params as params
 from pyworkflow.constants import BETA
 from pwem.objects import SetOfParticles
+from pwem.protocols import ProtInitialVolume
 
 from .. import convert
 from ..core import peer_aspire
@@ -31,7 +32,7 @@ def aspire_python():
     return Plugin.getAspirePython()
 
 
-class OrientLearnProtAspire(OrientLearnProtBase):
+class OrientLearnProtAspire(OrientLearnProtBase, ProtInitialVolume):
     """Ab initio orientations by common lines: ASPIRE's CLSyncVoting (a peer baseline).
 
     Each particle's 2-D Fourier transform is sampled on polar lines; the common line of
@@ -76,6 +77,7 @@ class OrientLearnProtAspire(OrientLearnProtBase):
                       help="Seeds numpy's global generator in the ASPIRE process. "
                            "CLSyncVoting itself is deterministic given the images, so the "
                            "same inputs give the same result.")
+        self._addResourceParams(form, gpu=False)
 
     def _insertAllSteps(self):
         self._insertFunctionStep(self.estimateStep, needsGPU=False)

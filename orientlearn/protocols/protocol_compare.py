@@ -8,6 +8,7 @@ import pyworkflow.object as pwobj
 import pyworkflow.protocol.params as params
 from pyworkflow.constants import PROD
 from pwem.objects import SetOfParticles
+from pwem.protocols import ProtAnalysis3D
 
 from .. import convert
 from ..core import geometry
@@ -20,7 +21,7 @@ ERROR_ATTR = "_orientlearn_error"          # radians, after rotation + handednes
 ERROR_O4_ATTR = "_orientlearn_errorO4"     # radians, after O(4)
 
 
-class OrientLearnProtCompare(OrientLearnProtBase):
+class OrientLearnProtCompare(OrientLearnProtBase, ProtAnalysis3D):
     """Compare two orientation assignments of the same particles (matched by id).
 
     Errors are reported aligned two ways: by the full O(4) (the paper's E_OR, eq. 5-6,
@@ -38,10 +39,12 @@ class OrientLearnProtCompare(OrientLearnProtBase):
     def _defineParams(self, form):
         form.addSection(label="Input")
         form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
+                      pointerCondition="hasAlignmentProj",
                       important=True, label="Particles to evaluate",
                       help="Orientations to evaluate (e.g. from 'recover orientations', "
                            "RELION, cryoSPARC, Xmipp, ASPIRE).")
         form.addParam("referenceParticles", params.PointerParam, pointerClass="SetOfParticles",
+                      pointerCondition="hasAlignmentProj",
                       important=True, label="Reference particles",
                       help="The same particles (same ids) with reference orientations, "
                            "e.g. the ground truth of 'simulate'.")

@@ -4,6 +4,7 @@ import numpy as np
 import pyworkflow.protocol.params as params
 from pyworkflow.constants import PROD
 from pwem.objects import FSC, SetOfFSCs, Volume
+from pwem.protocols import ProtReconstruct3D
 
 from .. import convert
 from ..constants import RECONSTRUCT_ASTRA, RECONSTRUCT_FOURIER
@@ -13,7 +14,7 @@ from .protocol_base import OrientLearnProtBase
 FSC_FILE = "fsc.npz"
 
 
-class OrientLearnProtReconstruct(OrientLearnProtBase):
+class OrientLearnProtReconstruct(OrientLearnProtBase, ProtReconstruct3D):
     """Reconstruct a density map from oriented particles and measure its resolution.
 
     CPU: direct Fourier inversion (each image's 2-D Fourier transform inserted as a
@@ -31,6 +32,7 @@ class OrientLearnProtReconstruct(OrientLearnProtBase):
     def _defineParams(self, form):
         form.addSection(label="Input")
         form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
+                      pointerCondition="hasAlignmentProj",
                       important=True, label="Particles with orientations",
                       help="Particles carrying 3-D orientations (ALIGN_PROJ), from "
                            "'recover orientations', 'compare' or any refinement.")
@@ -62,7 +64,7 @@ class OrientLearnProtReconstruct(OrientLearnProtBase):
                            "resampled to the particles' pixel size and box; its "
                            "handedness is checked both ways.")
         self._addSeedParam(form)
-        self._addGpuParams(form)
+        self._addResourceParams(form)
 
     def _insertAllSteps(self):
         self._insertFunctionStep(self.reconstructStep, needsGPU=self.method == RECONSTRUCT_ASTRA)

@@ -8,6 +8,7 @@ import numpy as np
 import pyworkflow.protocol.params as params
 from pyworkflow.constants import PROD
 from pwem.objects import SetOfParticles
+from pwem.protocols import ProtInitialVolume
 
 from .. import convert
 from ..constants import RECOVERY_LOSSES
@@ -20,7 +21,7 @@ EMBEDDING_FILE = "embedding.json"
 CONFIDENCE_ATTR = "_orientlearn_residual"
 
 
-class OrientLearnProtRecover(OrientLearnProtBase):
+class OrientLearnProtRecover(OrientLearnProtBase, ProtInitialVolume):
     """Recover the orientation of every particle from a trained distance network.
 
     Every particle is embedded once by the network, also after exact image-plane
@@ -35,6 +36,7 @@ class OrientLearnProtRecover(OrientLearnProtBase):
     residual on the graph (radians, lower is better).
     """
     _label = "recover orientations"
+    _usesTensorFlow = True
     _devStatus = PROD
     _possibleOutputs = {"outputParticles": SetOfParticles}
 
@@ -81,7 +83,7 @@ class OrientLearnProtRecover(OrientLearnProtBase):
                       expertLevel=params.LEVEL_ADVANCED, label="Restarts",
                       help="Random restarts; the lowest loss is kept.")
         self._addSeedParam(form)
-        self._addGpuParams(form)
+        self._addResourceParams(form)
 
     def _insertAllSteps(self):
         self._insertFunctionStep(self.embedStep, needsGPU=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pyworkflow.protocol.params as params
 from pyworkflow.constants import PROD
 from pwem.objects import Acquisition, SetOfParticles, Volume
+from pwem.protocols import ProtParticles
 
 from .. import convert
 from ..constants import (NOISE_NONE, NOISE_SIGMA2, NOISE_SNR, ORIENT_UNIFORM, ORIENT_SYMMETRY,
@@ -14,7 +15,7 @@ from ..core import geometry
 from .protocol_base import OrientLearnProtBase
 
 
-class OrientLearnProtSimulate(OrientLearnProtBase):
+class OrientLearnProtSimulate(OrientLearnProtBase, ProtParticles):
     """Simulate cryo-EM particle images of a volume: p = C S_t P_theta x + n.
 
     The volume is a density map, or is computed from atomic models (an AtomStruct, or
@@ -148,7 +149,7 @@ class OrientLearnProtSimulate(OrientLearnProtBase):
                       expertLevel=params.LEVEL_ADVANCED, label="Projector oversampling",
                       help="Zero-padding factor of the Fourier-slice projector (2 is "
                            "accurate; 1 is faster and blurrier).")
-        self._addGpuParams(form)
+        self._addResourceParams(form)
 
     # -------------------------- INSERT steps functions -------------------------
     def _insertAllSteps(self):

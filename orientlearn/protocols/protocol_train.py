@@ -7,6 +7,7 @@ import numpy as np
 
 import pyworkflow.protocol.params as params
 from pyworkflow.constants import PROD
+from pwem.protocols import Prot3D, ProtImport
 
 from .. import convert
 from ..constants import ARCHITECTURES, DISTANCE_HEADS, LOSSES
@@ -24,7 +25,7 @@ def _resample_to(images, size):
     return images if images.shape[-1] == size else downsample(images, size)
 
 
-class OrientLearnProtTrain(OrientLearnProtBase):
+class OrientLearnProtTrain(OrientLearnProtBase, Prot3D):
     """Train the Siamese network that estimates the angle between two particles' orientations.
 
     The network G_w embeds each image; the distance between two embeddings (the angle
@@ -36,12 +37,14 @@ class OrientLearnProtTrain(OrientLearnProtBase):
     augmented on the fly. Training resumes from its last checkpoint when continued.
     """
     _label = "train distance"
+    _usesTensorFlow = True
     _devStatus = PROD
     _possibleOutputs = {"outputModel": DistanceModel}
 
     def _defineParams(self, form):
         form.addSection(label="Input")
         form.addParam("inputParticles", params.MultiPointerParam, pointerClass="SetOfParticles",
+                      pointerCondition="hasAlignmentProj",
                       important=True, label="Training particles",
                       help="One or more sets of particles with known orientations (from "
                            "'simulate' or a refined data set). Several sets (e.g. several "
@@ -113,7 +116,7 @@ class OrientLearnProtTrain(OrientLearnProtBase):
                       expertLevel=params.LEVEL_ADVANCED, label="Random shift (px)",
                       help="Random integer shifts up to this many pixels.")
         self._addSeedParam(form)
-        self._addGpuParams(form)
+        self._addResourceParams(form)
 
     def _insertAllSteps(self):
         self._insertFunctionStep(self.prepareStep, needsGPU=False)
@@ -279,7 +282,7 @@ class OrientLearnProtTrain(OrientLearnProtBase):
         return ["Banjac2021"]
 
 
-class OrientLearnProtImportModel(OrientLearnProtBase):
+class OrientLearnProtImportModel(OrientLearnProtBase, ProtImport):
     """Import a distance network trained elsewhere (a .keras file and its .json metadata)."""
     _label = "import trained model"
     _devStatus = PROD

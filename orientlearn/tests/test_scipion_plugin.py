@@ -1,0 +1,207 @@
+"""The plugin as Scipion loads it: discovery, menus from protocols.conf, base classes,
+pointer conditions, parallel sections, declared outputs, installation checks.
+
+Runs under pytest and as ``scipion3 tests orientlearn.tests.test_scipion_plugin``.
+"""
+import ast
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+import unittest
+
+from pyworkflow.tests import BaseTest
+
+import pwem.protocols as emprot
+from pwem import Domain
+
+import orientlearn
+from orientlearn import protocols as olprot
+
+# Where each protocol must be in the "Protocols SPA" view (one path per place), and the
+# semantic base class other plugins' filters and wizards look for.
+MENU_PLACES = {
+    "OrientLearnProtRecover": [("3D", "Initial volume")],
+    "OrientLearnProtAspire": [("3D", "Initial volume")],
+    "OrientLearnProtTrain": [("3D", "Initial volume", "more")],
+    "OrientLearnProtSimulate": [("3D", "Initial volume", "more")],
+    "OrientLearnProtImportModel": [("Imports", "more"), ("3D", "Initial volume", "more")],
+    "OrientLearnProtReconstruct": [("3D", "Reconstruct")],
+    "OrientLearnProtCompare": [("3D", "Analysis", "Validation")],
+    "OrientLearnProtRefine": [("3D", "Refine")],
+}
+BASE_CLASSES = {
+    "OrientLearnProtRecover": emprot.ProtInitialVolume,
+    "OrientLearnProtAspire": emprot.ProtInitialVolume,
+    "OrientLearnProtTrain": emprot.Prot3D,
+    "OrientLearnProtSimulate": emprot.ProtParticles,
+    "OrientLearnProtImportModel": emprot.ProtImport,
+    "OrientLearnProtReconstruct": emprot.ProtReconstruct3D,
+    "OrientLearnProtCompare": emprot.ProtAnalysis3D,
+    "OrientLearnProtRefine": emprot.ProtRefine3D,
+}
+# Inputs that must carry 3-D orientations (the GUI offers only such sets).
+NEEDS_ORIENTATIONS = {
+    "OrientLearnProtTrain": ["inputParticles"],
+    "OrientLearnProtReconstruct": ["inputParticles"],
+    "OrientLearnProtCompare": ["inputParticles", "referenceParticles"],
+}
+# Protocols whose heavy steps get a 'Threads' field (parallel section).
+WITH_THREADS = {"OrientLearnProtSimulate", "OrientLearnProtTrain", "OrientLearnProtRecover",
+                "OrientLearnProtReconstruct", "OrientLearnProtAspire"}
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def our_protocols():
+    """Final protocol classes of the plugin, as Scipion's Domain discovers them."""
+    return {name: cls for name, cls in Domain.getProtocols().items()
+            if cls.__module__.startswith("orientlearn.") and cls._label}
+
+
+def menu_places(view):
+    """``{class name: [path of section texts]}`` of every protocol in a menu view."""
+    places = {}
+
+    def walk(node, path):
+        for child in node.childs:
+            if child.tag.startswith("protocol") and child.tag != "protocol_group" \
+                    and child.value:
+                places.setdefault(child.value, []).append(tuple(path))
+            else:
+                walk(child, path + [str(child.text)])
+    walk(view, [])
+    return places
+
+
+class TestScipionPlugin(BaseTest):
+    @classmethod
+    def setUpClass(cls):
+        from pyworkflow import Config
+        from pyworkflow.gui.project.viewprotocols_extra import ProtocolTreeConfig
+        cls.plugin_module = Domain.getPluginModule("orientlearn")
+        # What the project window does: the base protocols.conf, then every plugin's.
+        cls.views = ProtocolTreeConfig.load(Domain, Config.SCIPION_PROTOCOLS)
+
+    def test_discovered_as_plugin(self):
+        self.assertIs(self.plugin_module, orientlearn)
+        self.assertTrue(issubclass(orientlearn.Plugin, __import__("pwem").Plugin))
+        self.assertEqual(orientlearn._pluginInstance.getName(), "orientlearn")
+        self.assertEqual(orientlearn._pluginInstance.getPath(),
+                         os.path.dirname(orientlearn.__file__))
+        self.assertGreaterEqual(len(our_protocols()), 7)
+
+    def test_every_protocol_in_its_menu_place(self):
+        places = menu_places(self.views["Protocols SPA"])
+        for name in our_protocols():
+            self.assertIn(name, MENU_PLACES, f"{name}: give it a place in protocols.conf "
+                                              "and in MENU_PLACES")
+            self.assertEqual(sorted(places.get(name, [])), sorted(MENU_PLACES[name]),
+                             f"{name} is not where protocols.conf should put it")
+        # The tree view of the plugin (All -> orientlearn) lists them all too.
+        all_places = menu_places(self.views["All"])
+        for name in our_protocols():
+            self.assertIn(("orientlearn",), all_places.get(name, []))
+
+    def test_semantic_base_classes(self):
+        for name, cls in our_protocols().items():
+            self.assertTrue(issubclass(cls, BASE_CLASSES[name]),
+                            f"{name} should derive from {BASE_CLASSES[name].__name__}")
+            self.assertTrue(issubclass(cls, olprot.OrientLearnProtBase))
+
+    def test_pointer_conditions(self):
+        for name, params in NEEDS_ORIENTATIONS.items():
+            form = our_protocols()[name]().getDefinition()
+            for param in params:
+                self.assertEqual(form.getParam(param).pointerCondition.get(),
+                                 "hasAlignmentProj", f"{name}.{param}")
+        recover = olprot.OrientLearnProtRecover().getDefinition()
+        self.assertFalse(recover.getParam("inputParticles").pointerCondition.get())
+
+    def test_parallel_sections(self):
+        for name, cls in our_protocols().items():
+            prot = cls()
+            self.assertEqual(prot.allowThreads, name in WITH_THREADS, name)
+            if name in WITH_THREADS:
+                self.assertEqual(prot.getDefinition().getParam("numberOfMpi"), None)
+
+    def test_possible_outputs_complete(self):
+        """Every name given to _defineOutputs in a protocol's source is declared."""
+        declared = {name: set(cls._possibleOutputs or {})
+                    for name, cls in our_protocols().items()}
+        for path in glob.glob(os.path.join(os.path.dirname(olprot.__file__), "protocol_*.py")):
+            tree = ast.parse(open(path).read())
+            for cls_node in [n for n in tree.body if isinstance(n, ast.ClassDef)]:
+                if cls_node.name not in declared:
+                    continue
+                for call in ast.walk(cls_node):
+                    if isinstance(call, ast.Call) and getattr(call.func, "attr", "") \
+                            == "_defineOutputs":
+                        for kw in call.keywords:
+                            self.assertIn(kw.arg, declared[cls_node.name],
+                                          f"{cls_node.name}._possibleOutputs lacks {kw.arg}")
+        for name, outputs in declared.items():
+            self.assertTrue(outputs, f"{name} declares no output")
+
+    def test_binaries_define_the_plugin_environment(self):
+        recorded = []
+
+        class Env:
+            def addPackage(self, name, **kwargs):
+                recorded.append((name, kwargs))
+        orientlearn.Plugin.defineBinaries(Env())
+        self.assertEqual(len(recorded), 1)
+        name, kwargs = recorded[0]
+        self.assertEqual(name, "orientlearn")
+        command, targets = kwargs["commands"][0]
+        self.assertIn("tensorflow[and-cuda]>=2.18,<2.19", command)
+        self.assertIn("--no-deps", command)
+        self.assertIn("env/bin/python", targets)
+        self.assertTrue(orientlearn.Plugin.getProgram().endswith("env/bin/orientlearn"))
+
+
+class TestValidateInstallation(unittest.TestCase):
+    def test_fast_and_without_tensorflow(self):
+        """Import the plugin as Scipion does, then validateInstallation: path checks only."""
+        code = ("import sys, time, json\n"
+                "t0 = time.time()\n"
+                "from pwem import Domain\n"
+                "m = Domain.getPluginModule('orientlearn')\n"
+                "t1 = time.time()\n"
+                "errors = m.Plugin.validateInstallation()\n"
+                "t2 = time.time()\n"
+                "print(json.dumps({'import': t1 - t0, 'validate': t2 - t1, 'errors': errors,"
+                " 'tf': 'tensorflow' in sys.modules}))\n")
+        env = dict(os.environ, PYTHONPATH=REPO)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertFalse(report["tf"], "validateInstallation imported TensorFlow")
+        self.assertEqual(report["errors"], [])
+        self.assertLess(report["validate"], 0.1)
+        # Importing Scipion's pwem is most of it; the limit is the issue's 1 s, with
+        # slack for a loaded shared machine.
+        self.assertLess(report["import"] + report["validate"], 3.0)
+
+    def test_refuses_without_tensorflow_or_environment(self):
+        code = ("import importlib.util, json\n"
+                "real = importlib.util.find_spec\n"
+                "importlib.util.find_spec = lambda n, *a: None if n == 'tensorflow' "
+                "else real(n, *a)\n"
+                "from pwem import Domain\n"
+                "m = Domain.getPluginModule('orientlearn')\n"
+                "print(json.dumps(m.Plugin.validateInstallation()))\n")
+        env = dict(os.environ, PYTHONPATH=REPO, ORIENTLEARN_HOME="/nonexistent/orientlearn")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+        errors = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertEqual(len(errors), 1)
+        self.assertIn("scipion3 installb orientlearn", errors[0])
+
+
+if __name__ == "__main__":
+    start = time.time()
+    unittest.main()
