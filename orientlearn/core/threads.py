@@ -1,14 +1,14 @@
 """Thread policy and chunked parallel loops shared by the numerical code."""
 import concurrent.futures
-import os
+
+from .resources import usable_threads
 
 
 def _n_threads():
-    """CPU cores this process may use (``sched_getaffinity``), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    """CPU cores this process may use (``sched_getaffinity``), at most ``OMP_NUM_THREADS``
+    when set (a protocol's 'Threads' or a job's grant: ``resources.limit_threads``), at
+    least 1."""
+    return usable_threads()
 
 
 def _run_chunks(total, chunk, fn, threads=None):

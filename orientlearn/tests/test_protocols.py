@@ -62,13 +62,29 @@ class TestOrientLearnWorkflow(BaseTest):
         self.assertTrue(np.all(np.isfinite(images)))
         self.assertTrue(any("Projections:" in line for line in open(prot.getLogPaths()[0])))
 
+    def assertKeptToOneThread(self, prot):
+        """A run with Threads = 1 kept TensorFlow, numpy's BLAS and our pools to 1 thread:
+        the settings each library reports at the start of every step (the protocol's
+        "Resources:" log line, read from the libraries themselves)."""
+        import json
+        reports = [json.loads(line.split("Resources: threads ", 1)[1].rsplit(", CUDA", 1)[0])
+                   for line in open(prot.getLogPaths()[0]) if "Resources: threads " in line]
+        self.assertGreaterEqual(len(reports), 2)
+        for report in reports:
+            self.assertEqual(report["orientlearn"], 1)
+            self.assertTrue(report["blas"], "numpy's BLAS not seen by threadpoolctl")
+            self.assertEqual(set(report["blas"].values()), {1}, report["blas"])
+            self.assertEqual(report["tensorflow_intra"], 1)
+            self.assertEqual(report["tensorflow_inter"], 1)
+
     def test_workflow_end_to_end(self):
         # Off-centre particles: recover must hand their offsets on unchanged.
         sim = self._simulate(240, size=32, noiseMode=0, maxShift=1.5, seed=1)
         train = self.newProtocol(OrientLearnProtTrain, imageSize=32, epochs=3, batchSize=32,
-                                 nFeatures=16, stepsPerEpoch=10, seed=1)
+                                 nFeatures=16, stepsPerEpoch=10, seed=1, numberOfThreads=1)
         train.inputParticles.append(sim.outputParticles)
         self.launchProtocol(train)
+        self.assertKeptToOneThread(train)
         model = train.outputModel
         self.assertTrue(os.path.exists(model.getFileName()))
         self.assertEqual(model.getImageSize(), 32)
@@ -80,8 +96,10 @@ class TestOrientLearnWorkflow(BaseTest):
         self.assertEqual(imp.outputModel.getImageSize(), 32)
 
         rec = self.newProtocol(OrientLearnProtRecover, inputParticles=sim.outputParticles,
-                               inputModel=model, nSteps=100, restarts=1, seed=1)
+                               inputModel=model, nSteps=100, restarts=1, seed=1,
+                               numberOfThreads=1)
         self.launchProtocol(rec)
+        self.assertKeptToOneThread(rec)
         out = rec.outputParticles
         self.assertSetSize(out, 240)
         first = out.getFirstItem()
