@@ -4,6 +4,9 @@ import pytest
 
 from orientlearn.core import alignment as al
 from orientlearn.core import geometry as geo
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 P = 1000
 

@@ -5,6 +5,9 @@ import pytest
 from orientlearn.core import atoms
 from orientlearn.tests.atomic_models import tiny_protein as _tiny_protein
 from orientlearn.tests.atomic_models import write_pdb as _write_pdb
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 
 def _map_moments(vol, pixel_size):

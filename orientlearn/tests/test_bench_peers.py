@@ -14,6 +14,9 @@ import pytest
 from orientlearn.core import model_io, peer_aspire, simulation, training, volumes
 
 from .benchmark_runner import REPO, run_benchmark
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 MAP = os.path.join(REPO, "orientlearn", "data", "5j0n.mrc")
 
 

@@ -7,6 +7,9 @@ never for speed (tests never time things).
 import re
 
 from .benchmark_runner import run_benchmark
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 COLUMNS = ["P", "search", "neighbour recall", "graph (s)", "init (s)", "optimisation (s)",
            "steps", "total (s)", "peak RSS (MB)", "start RSS (MB)",

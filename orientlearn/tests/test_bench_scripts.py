@@ -5,6 +5,9 @@ import math
 import re
 
 from .benchmark_runner import run_benchmark
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 
 def run(script, *args, tmp_path):

@@ -6,6 +6,9 @@ where an ASPIRE environment exists.)
 import re
 
 from .benchmark_runner import run_benchmark
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 EXPECTED_ROWS = [
     "E_OR median, O(4) aligned (rad)",

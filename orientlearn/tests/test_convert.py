@@ -37,6 +37,9 @@ from pwem.convert import transformations as tfs
 
 from orientlearn import convert
 from orientlearn.core import geometry, image_ops, projection
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 PIXEL_SIZE = 2.0            # A/pixel: not 1, so that Angstrom/pixel mix-ups show
 BOX = 32                    # pixels

@@ -13,6 +13,9 @@ from scipy import ndimage
 
 from orientlearn.core import geometry
 from orientlearn.core import model_io, network, training
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 
 def blob_volume(size=24, seed=3):

@@ -3,6 +3,9 @@ import numpy as np
 import pytest
 
 from orientlearn.core import ctf, geometry, image_ops, projection, simulation, threads, volumes
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 
 def _gaussians(n, centres, sigmas, amps=None):

@@ -7,6 +7,9 @@ import pytest
 
 from orientlearn.core import geometry as geo
 from orientlearn.viewers import plots
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 DPI = 50
 

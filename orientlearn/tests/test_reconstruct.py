@@ -9,6 +9,9 @@ import pytest
 
 from orientlearn.core import geometry
 from orientlearn.core import fsc, projection, reconstruction
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 N = 32
 

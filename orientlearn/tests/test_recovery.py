@@ -3,6 +3,9 @@ import numpy as np
 import pytest
 
 from orientlearn.core import alignment, geometry as geo, graph, recovery, spectral
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 N_PARTICLES = 600
 

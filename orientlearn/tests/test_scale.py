@@ -3,6 +3,9 @@ import numpy as np
 import pytest
 
 from orientlearn.core.scale import ParticleScaler, fourier_resize
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 
 def _blob(box, pixel_size, sigma_A, centre_px=(0.0, 0.0), elongation=1.6):

@@ -161,6 +161,29 @@ class TestScipionPlugin(BaseTest):
         self.assertTrue(orientlearn.Plugin.getProgram().endswith("env/bin/orientlearn"))
 
 
+class TestScipionTestDiscovery(unittest.TestCase):
+    """``scipion3 tests orientlearn.tests.<module>`` loads modules with unittest."""
+    def test_every_test_module_has_tests_for_unittest(self):
+        loader = unittest.TestLoader()
+        names = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+            os.path.join(os.path.dirname(__file__), "test_*.py")))
+        self.assertGreater(len(names), 10)
+        for name in names:
+            suite = loader.loadTestsFromName(f"orientlearn.tests.{name}")
+            self.assertGreater(suite.countTestCases(), 0,
+                               f"scipion3 tests orientlearn.tests.{name} would run nothing: "
+                               "add TestCase classes or the unittest_bridge line")
+
+    def test_pytest_module_runs_through_unittest(self):
+        """A pytest-function module run as Scipion runs it: one unittest case, which
+        runs the module's tests under pytest and passes."""
+        import io
+        suite = unittest.TestLoader().loadTestsFromName("orientlearn.tests.test_scale")
+        result = unittest.TextTestRunner(stream=io.StringIO(), verbosity=0).run(suite)
+        self.assertEqual(result.testsRun, 1)
+        self.assertTrue(result.wasSuccessful(), result.failures + result.errors)
+
+
 class TestValidateInstallation(unittest.TestCase):
     def test_fast_and_without_tensorflow(self):
         """Import the plugin as Scipion does, then validateInstallation: path checks only."""

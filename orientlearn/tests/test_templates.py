@@ -9,6 +9,9 @@ import pytest
 from pyworkflow.template import TemplateList
 
 from orientlearn import demo
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 TEMPLATE_IDS = {"orientlearn_ab_initio_simulated", "orientlearn_ab_initio_trained_model"}
 

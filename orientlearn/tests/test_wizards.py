@@ -4,6 +4,9 @@ import pytest
 
 from orientlearn.wizards import helpers
 from orientlearn.core import image_ops
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 
 def test_snr_sigma2_round_trip():
