@@ -417,3 +417,25 @@ def compare_orientations(q_ref, q_est, symmetry="C1"):
             out[f"{name}_{key}"] = val
             out[f"{name}_{key}_median"] = float(np.median(val))
     return out
+
+
+def fit_frame_translation(rotations, shifts_est, shifts_ref):
+    """The 3-D translation between two frames' particle offsets, and the errors left.
+
+    A map is only defined up to where its origin sits: moving it by ``c`` (voxels, in
+    the estimated map's frame) moves every particle's offset by ``(R_i c)_xy``. This
+    finds ``c`` minimising ``sum_i |t_est_i - t_ref_i - (R_i c)_xy|^2`` (linear least
+    squares) from the estimated orientations ``rotations (M, 3, 3)`` or ``(M, 4)`` and
+    offsets ``(M, 2)`` px. Returns ``(c (3,), errors (M,) px after removing it)``; like
+    the global rotation of ``align_rotation_handedness``, it is fixed by the data, not
+    by any one particle.
+    """
+    from . import geometry
+    R = np.asarray(rotations, dtype=np.float64)
+    if R.shape[-1] == 4:
+        R = geometry.quaternion_to_matrix(R)
+    d = np.asarray(shifts_est, np.float64) - np.asarray(shifts_ref, np.float64)
+    A = R[:, :2, :].reshape(-1, 3)
+    c, *_ = np.linalg.lstsq(A, d.reshape(-1), rcond=None)
+    residual = d - np.einsum("mij,j->mi", R[:, :2, :], c)
+    return c, np.linalg.norm(residual, axis=1)
