@@ -25,7 +25,8 @@ import dataclasses
 import numpy as np
 import scipy.fft as sfft
 
-from . import imaging
+from . import projection
+from .ctf import ctf_2d_batch
 
 __all__ = ["Band", "make_band", "ParticleSpectra", "slice_values", "shift_phases",
            "shift_grid", "grid_search_shifts", "refine_shifts", "search_shifts"]
@@ -86,7 +87,7 @@ def soft_disc_mask(size, radius, width=3.0):
 class ParticleSpectra:
     """The half-plane spectra of a stack of particles and their CTFs, computed once.
 
-    ``images``: ``(M, N, N)``; ``ctf``: None or a dict of ``imaging.ctf_2d_batch``
+    ``images``: ``(M, N, N)``; ``ctf``: None or a dict of ``ctf_2d_batch``
     keywords with per-particle arrays (``defocus_u``, ``defocus_v``, ``astig_angle``) and
     scalars (``voltage``, ``cs``, ``amplitude_contrast``, optional ``phase_shift``);
     ``pixel_size``: Angstrom (for the CTF); ``mask_radius``: soft circular mask (px)
@@ -121,7 +122,7 @@ class ParticleSpectra:
             per = [np.broadcast_to(np.asarray(ctf[k], dtype=np.float64), (m,)) for k in keys]
             for b0 in range(0, m, chunk):
                 sl = slice(b0, b0 + chunk)
-                full = imaging.ctf_2d_batch(n, pixel_size, per[0][sl], per[1][sl], per[2][sl],
+                full = ctf_2d_batch(n, pixel_size, per[0][sl], per[1][sl], per[2][sl],
                                             phase_shift=phase[sl], **scalars)
                 self.ctfs[sl] = full[..., : n // 2 + 1]
 
@@ -136,38 +137,15 @@ class ParticleSpectra:
         return x, self.ctfs[indices].reshape(len(indices), -1)[:, band.flat]
 
 
-def slice_values(spectrum, rotations, band, chunk=32):
+def slice_values(spectrum, rotations, band):
     """Spectra of the projections of a prepared map on a band: ``(..., K)`` complex64.
 
-    ``spectrum``: ``imaging.VolumeSpectrum`` of a map of the images' box ``N``;
-    ``rotations``: ``(..., 3, 3)``. The value at ``k`` is the map's spectrum at
-    ``R^T (kx, ky, 0)`` (trilinear, as ``imaging.project`` samples it), so that
-    ``irfft2`` of a full half plane of them gives ``imaging.project``'s image.
-    ``chunk`` rotations are interpolated at a time: nearby slices reuse the cache
-    (2-3x faster than one large batch).
+    ``spectrum``: ``projection.VolumeSpectrum`` of a map of the images' box ``N``;
+    ``rotations``: ``(..., 3, 3)``; see ``projection.slice_spectra``.
     """
-    R = np.asarray(rotations, dtype=np.float32)
-    lead = R.shape[:-2]
-    R = R.reshape(-1, 3, 3)
-    scale = np.float32(spectrum.padded_size / band.size)
-    kx, ky = band.kx * scale, band.ky * scale
-    m1 = spectrum.spectrum.shape[0]
-    centre = np.float32(spectrum.padded_size // 2 + imaging._WRAP)
-    flat = spectrum.spectrum.reshape(-1)
-    flat_half = (None if spectrum.spectrum_half_shift is None
-                 else spectrum.spectrum_half_shift.reshape(-1))
-    out = np.empty((len(R), len(band)), dtype=np.complex64)
-    for c0 in range(0, len(R), chunk):
-        Rc = R[c0:c0 + chunk]
-        X = kx * Rc[:, 0, 0, None] + ky * Rc[:, 1, 0, None]
-        Y = kx * Rc[:, 0, 1, None] + ky * Rc[:, 1, 1, None]
-        Z = kx * Rc[:, 0, 2, None] + ky * Rc[:, 1, 2, None]
-        vals = imaging._interp_trilinear(flat, m1, centre, X, Y, Z)
-        if flat_half is not None:
-            vals += imaging._interp_trilinear(flat_half, m1, centre - np.float32(0.5), X, Y, Z)
-            vals *= np.float32(0.5)
-        out[c0:c0 + chunk] = vals
-    return out.reshape(lead + (len(band),))
+    R = np.asarray(rotations)
+    vals = projection.slice_spectra(spectrum, R.reshape(-1, 3, 3), band.kx, band.ky)
+    return vals.reshape(R.shape[:-2] + (len(band),))
 
 
 def shift_phases(band, shifts):

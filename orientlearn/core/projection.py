@@ -21,8 +21,8 @@ from .image_ops import _centred_coords, _even_fast_len
 from .volumes import _check_cube
 
 __all__ = [
-    "VolumeSpectrum", "prepare_volume", "project", "project_astra", "has_cuda",
-    "real_space_project", "astra_vectors",
+    "VolumeSpectrum", "prepare_volume", "project", "slice_spectra", "project_astra",
+    "has_cuda", "real_space_project", "astra_vectors",
 ]
 
 
@@ -225,6 +225,39 @@ def project(volume, rotations, oversampling=2, batch_size=None, progress=None,
         out[b0:b0 + nb] = imgs[:, start:start + n, start:start + n]
         if progress is not None:
             progress(b0 + nb, total)
+    return out
+
+
+def slice_spectra(spectrum, rotations, kx, ky, chunk=32):
+    """Central-slice values of a prepared map at image frequencies: ``(M, K)`` complex64.
+
+    ``spectrum``: a ``VolumeSpectrum`` of an ``N``-voxel map; ``rotations``: ``(M, 3, 3)``;
+    ``kx``, ``ky``: ``(K,)`` frequencies in cycles per ``N``-pixel image. The values are
+    those ``project`` puts on its grid (the spectrum at ``R^T (kx, ky, 0)``, trilinear,
+    interleaved if prepared so): ``rfft2(ifftshift(project(...)))`` at those frequencies
+    when the map fits in the box's inscribed sphere. ``chunk`` rotations are
+    interpolated at a time (nearby slices reuse the cache).
+    """
+    R = np.asarray(rotations, dtype=np.float32).reshape(-1, 3, 3)
+    scale = np.float32(spectrum.padded_size / spectrum.size)
+    kx = np.asarray(kx, np.float32) * scale
+    ky = np.asarray(ky, np.float32) * scale
+    m1 = spectrum.spectrum.shape[0]
+    centre = np.float32(spectrum.padded_size // 2 + _WRAP)
+    flat = spectrum.spectrum.reshape(-1)
+    flat_half = (None if spectrum.spectrum_half_shift is None
+                 else spectrum.spectrum_half_shift.reshape(-1))
+    out = np.empty((len(R), len(kx)), dtype=np.complex64)
+    for c0 in range(0, len(R), chunk):
+        Rc = R[c0:c0 + chunk]
+        X = kx * Rc[:, 0, 0, None] + ky * Rc[:, 1, 0, None]
+        Y = kx * Rc[:, 0, 1, None] + ky * Rc[:, 1, 1, None]
+        Z = kx * Rc[:, 0, 2, None] + ky * Rc[:, 1, 2, None]
+        vals = _interp_trilinear(flat, m1, centre, X, Y, Z)
+        if flat_half is not None:
+            vals += _interp_trilinear(flat_half, m1, centre - np.float32(0.5), X, Y, Z)
+            vals *= np.float32(0.5)
+        out[c0:c0 + chunk] = vals
     return out
 
 

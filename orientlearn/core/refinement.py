@@ -18,7 +18,7 @@ two maps stay independent and their FSC is an honest resolution. One iteration:
    ``r_max d`` pixels), so steps shrink as the resolution improves. The offset is then
    made sub-pixel by Newton steps on the analytic score.
 3. Each half map is reconstructed from its own particles with the new orientations and
-   offsets (``reconstruct.reconstruct_fourier``, CTF-corrected), and the FSC computed.
+   offsets (``reconstruct_fourier``, CTF-corrected), and the FSC computed.
 
 It stops when the half-map resolution has not improved for an iteration (after
 ``min_iterations``), or after ``max_iterations``. The final map is reconstructed from
@@ -35,7 +35,11 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from . import alignment_search as als
-from . import geometry, imaging, reconstruct
+from . import geometry, projection
+from .ctf import ctf_2d_batch
+from .fsc import fsc, resolution_at
+from .reconstruction import reconstruct_fourier, soft_spherical_mask
+from .threads import _n_threads
 
 __all__ = ["RefinementSettings", "RefinementResult", "LocalRefiner", "figure_of_merit",
            "band_limit_from_fsc", "neighbourhood"]
@@ -108,7 +112,7 @@ def figure_of_merit(fsc_values):
 
 def band_limit_from_fsc(fsc_values, threshold=0.143, margin=2):
     """Shell index (cycles per box) where ``fsc_values`` (one per shell, from
-    ``reconstruct.fsc``) first drop below ``threshold``, plus ``margin``."""
+    ``fsc.fsc``) first drop below ``threshold``, plus ``margin``."""
     f = np.nan_to_num(np.asarray(fsc_values, np.float64), nan=0.0)
     below = np.flatnonzero(f[1:] < threshold)
     shell = (below[0] + 1) if len(below) else len(f) - 1
@@ -133,7 +137,7 @@ class LocalRefiner:
     """Gold-standard local refinement of orientations and offsets against half maps.
 
     ``images``: ``(M, N, N)`` particles; ``pixel_size``: Angstrom; ``ctf``: None or a
-    dict of ``imaging.ctf_2d_batch`` keywords with per-particle arrays (``defocus_u``,
+    dict of ``ctf_2d_batch`` keywords with per-particle arrays (``defocus_u``,
     ``defocus_v``, ``astig_angle``) and scalars; ``settings``: ``RefinementSettings``;
     ``log``: a function taking one line; ``progress``: ``progress(done, total)`` per
     iteration. State: the particles' spectra, the half split, the current orientations,
@@ -178,7 +182,7 @@ class LocalRefiner:
         px = self.pixel_size
 
         def ctfs(idx, size):
-            return imaging.ctf_2d_batch(size, px, per["defocus_u"][idx], per["defocus_v"][idx],
+            return ctf_2d_batch(size, px, per["defocus_u"][idx], per["defocus_v"][idx],
                                         per["astig_angle"][idx], phase_shift=phase[idx],
                                         **scalars)
         return ctfs
@@ -186,7 +190,7 @@ class LocalRefiner:
     def reconstruct(self, indices, label=""):
         """Map ``(N, N, N)`` from particles ``indices`` with the current state."""
         s = self.settings
-        return reconstruct.reconstruct_fourier(
+        return reconstruct_fourier(
             self.images[indices], self.rotations[indices], shifts=self.shifts[indices],
             ctfs=self._ctf_callable(indices), symmetry=s.symmetry,
             wiener_constant=s.wiener_constant, mask_radius=self.mask_radius)
@@ -194,13 +198,13 @@ class LocalRefiner:
     def reconstruct_halves(self):
         """Both half maps from their own particles, and their FSC."""
         self.half_maps = [self.reconstruct(np.flatnonzero(self.halves == h)) for h in (0, 1)]
-        self.frequencies, self.fsc = reconstruct.fsc(self.half_maps[0], self.half_maps[1],
+        self.frequencies, self.fsc = fsc(self.half_maps[0], self.half_maps[1],
                                                      self.pixel_size)
 
     def resolution(self, threshold=None):
         """Current half-map resolution (A) at ``threshold`` (default the settings')."""
         t = self.settings.fsc_threshold if threshold is None else threshold
-        return reconstruct.resolution_at(self.frequencies, self.fsc, t)
+        return resolution_at(self.frequencies, self.fsc, t)
 
     def _model_filter(self, band):
         """Per band sample weight of the model: the FSC's figure of merit, or a Gaussian
@@ -249,12 +253,12 @@ class LocalRefiner:
         filt = self._model_filter(band)
         step = min(s.max_step, s.step_factor / max(self.r_max, 1.0))
         m = len(self.images)
-        mask = reconstruct.soft_spherical_mask(self.size, self.mask_radius)
+        mask = soft_spherical_mask(self.size, self.mask_radius)
         done = [0]
         lock = threading.Lock()
-        threads = s.n_threads or imaging._n_threads()
+        threads = s.n_threads or _n_threads()
         for h in (0, 1):
-            spectrum = imaging.prepare_volume(self.half_maps[h] * mask, interleave=False)
+            spectrum = projection.prepare_volume(self.half_maps[h] * mask, interleave=False)
             idx = np.flatnonzero(self.halves == h)
             batches = [idx[i:i + s.batch_size] for i in range(0, len(idx), s.batch_size)]
 

@@ -3,21 +3,27 @@
 Small noiseless problems on the bundled 5j0n map with analytic answers: a particle
 shifted by a known sub-pixel amount, orientations perturbed by a known angle.
 """
+import os
+
 import numpy as np
 import pytest
 import scipy.fft as sfft
 from scipy.spatial.transform import Rotation
 
-from orientlearn import Plugin
-from orientlearn.core import alignment, centering, geometry, imaging, refinement
+from orientlearn.core import (alignment, centering, ctf, geometry, image_ops, projection,
+                              refinement, simulation, volumes)
 from orientlearn.core import alignment_search as als
 
 CTF = dict(defocus_range=(1.0e4, 2.0e4))
 
 
+DEMO_MAP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                        "5j0n.mrc")
+
+
 def _map(size):
-    vol, voxel = imaging.read_volume(Plugin.getDemoMap())
-    return imaging.downsample_volume(vol, size), voxel * vol.shape[0] / size
+    vol, voxel = volumes.read_volume(DEMO_MAP)
+    return volumes.downsample_volume(vol, size), voxel * vol.shape[0] / size
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +34,10 @@ def map32():
 def test_slice_values_are_the_projector_spectra(map32):
     vol, _ = map32
     R = geometry.quaternion_to_matrix(geometry.uniform_quaternions(5, seed=2))
-    spec = imaging.prepare_volume(vol)
+    spec = projection.prepare_volume(vol)
     band = als.make_band(32, 15, r_min=0)
     got = als.slice_values(spec, R, band)
-    images = imaging.project(spec, R)
+    images = projection.project(spec, R)
     want = sfft.rfft2(sfft.ifftshift(images, axes=(-2, -1))).reshape(5, -1)[:, band.flat]
     # Up to the projector's own cropping of a padded grid (the map fills the box).
     assert np.linalg.norm(got - want) < 0.01 * np.linalg.norm(want)
@@ -43,11 +49,11 @@ def test_shift_search_recovers_subpixel_shifts_with_ctf(map32):
     n = 12
     R = geometry.quaternion_to_matrix(geometry.uniform_quaternions(n, seed=1))
     shifts = np.random.default_rng(0).uniform(-2.5, 2.5, (n, 2))     # sub-pixel amounts
-    ctf = imaging.sample_ctf_params(n, seed=3, **CTF)
-    images = imaging._filter_padded(imaging.project(vol, R), shifts=shifts, ctf_params=ctf,
-                                    pixel_size=voxel)
-    particles = als.ParticleSpectra(images, voxel, ctf=ctf)
-    spec = imaging.prepare_volume(vol, interleave=False)
+    params = ctf.sample_ctf_params(n, seed=3, **CTF)
+    images = image_ops._filter_padded(projection.project(vol, R), shifts=shifts,
+                                      ctf_params=params, pixel_size=voxel)
+    particles = als.ParticleSpectra(images, voxel, ctf=params)
+    spec = projection.prepare_volume(vol, interleave=False)
     band = als.make_band(32, 12)
     found, scores = als.search_shifts(particles, np.arange(n), als.slice_values(spec, R, band),
                                       band, half_range=3.0)
@@ -62,10 +68,10 @@ def test_newton_refinement_beats_the_grid(map32):
     vol, _ = map32
     R = geometry.quaternion_to_matrix(geometry.uniform_quaternions(4, seed=4))
     shifts = np.array([[0.37, -0.81], [1.42, 0.2], [-0.66, -0.13], [0.05, 1.5]])
-    images = imaging.shift_images(imaging.project(vol, R), shifts)
+    images = image_ops.shift_images(projection.project(vol, R), shifts)
     particles = als.ParticleSpectra(images)
     band = als.make_band(32, 14)
-    model = als.slice_values(imaging.prepare_volume(vol), R, band)
+    model = als.slice_values(projection.prepare_volume(vol), R, band)
     x, ctf = particles.band_values(np.arange(4), band)
     cross = band.weight * np.conj(x) * ctf * model
     found, _ = als.refine_shifts(cross, als._norms(model, ctf, band), band, np.rint(shifts))
@@ -89,7 +95,7 @@ def test_centring_finds_the_particles_centres_of_mass(map32):
     mass projected, a 3-D translation the data cannot see) within 0.5 px."""
     vol, voxel = map32
     n = 300
-    sim = imaging.simulate_particles(vol, n, max_shift=3.0, ctf=CTF, voxel_size=voxel, seed=6,
+    sim = simulation.simulate_particles(vol, n, max_shift=3.0, ctf=CTF, voxel_size=voxel, seed=6,
                                      return_clean=False)
     particles = als.ParticleSpectra(sim["images"], sim["pixel_size"], ctf=sim["ctf"])
     offsets, info = centering.centre_particles(particles, max_shift=6.0, diameter=28.0)
@@ -110,7 +116,7 @@ def _perturb(R, angle, seed):
 def test_refinement_returns_from_5_degrees(map32):
     vol, voxel = map32
     n = 200
-    sim = imaging.simulate_particles(vol, n, max_shift=1.5, voxel_size=voxel, seed=7,
+    sim = simulation.simulate_particles(vol, n, max_shift=1.5, voxel_size=voxel, seed=7,
                                      return_clean=False)
     R = geometry.quaternion_to_matrix(sim["quaternions"])
     start = _perturb(R, np.deg2rad(5.0), seed=8)
