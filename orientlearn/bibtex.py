@@ -59,4 +59,37 @@ pages = {312--322},
 year = {2010},
 doi = {10.1016/j.jsb.2009.11.003}
 }
+
+@article{Henderson2012,
+title = {Outcome of the first electron microscopy validation task force meeting},
+author = {Henderson, Richard and Sali, Andrej and Baker, Matthew L. and Carragher, Bridget and Devkota, Batsal and Downing, Kenneth H. and Egelman, Edward H. and Feng, Zukang and Frank, Joachim and Grigorieff, Nikolaus and others},
+journal = {Structure},
+volume = {20},
+number = {2},
+pages = {205--214},
+year = {2012},
+doi = {10.1016/j.str.2011.12.014}
+}
+
+@article{Rosenthal2003,
+title = {Optimal determination of particle orientation, absolute hand, and contrast loss in single-particle electron cryomicroscopy},
+author = {Rosenthal, Peter B. and Henderson, Richard},
+journal = {Journal of Molecular Biology},
+volume = {333},
+number = {4},
+pages = {721--745},
+year = {2003},
+doi = {10.1016/j.jmb.2003.07.013}
+}
+
+@article{Scheres2012,
+title = {{RELION}: implementation of a Bayesian approach to cryo-EM structure determination},
+author = {Scheres, Sjors H. W.},
+journal = {Journal of Structural Biology},
+volume = {180},
+number = {3},
+pages = {519--530},
+year = {2012},
+doi = {10.1016/j.jsb.2012.09.006}
+}
 """

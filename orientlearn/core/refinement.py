@@ -41,8 +41,8 @@ from .fsc import fsc, resolution_at
 from .reconstruction import reconstruct_fourier, soft_spherical_mask
 from .threads import _n_threads
 
-__all__ = ["RefinementSettings", "RefinementResult", "LocalRefiner", "figure_of_merit",
-           "band_limit_from_fsc", "neighbourhood"]
+__all__ = ["RefinementSettings", "RefinementResult", "LocalRefiner", "refine_particles",
+           "figure_of_merit", "band_limit_from_fsc", "neighbourhood", "START_SHIFTS"]
 
 
 @dataclasses.dataclass
@@ -362,3 +362,40 @@ def _low_pass(volume, r0):
     k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + kz[None, None, :] ** 2
     f = np.fft.rfftn(volume) * np.exp(-0.5 * k2 / r0 ** 2)
     return np.fft.irfftn(f, s=volume.shape).astype(np.float32)
+
+
+START_SHIFTS = ("input", "centre of mass", "zero")
+
+
+def refine_particles(images, pixel_size, orientations, shifts=None, ctf=None,
+                     initial_map=None, settings=None, start_shifts="input", diameter=None,
+                     log=None, progress=None):
+    """Refine particles' orientations and offsets: what protocols and benchmarks call.
+
+    ``images`` ``(M, N, N)``; ``pixel_size`` A; ``orientations`` ``(M, 4)`` quaternions or
+    ``(M, 3, 3)``; ``shifts`` ``(M, 2)`` px, the particles' current offsets; ``ctf``: as
+    ``LocalRefiner``; ``initial_map``: optional ``(N, N, N)`` start (else made from the
+    particles); ``start_shifts``: ``'input'`` (``shifts``, 0 if None), ``'centre of
+    mass'`` (reference-free, ``centering.centre_particles``, needs ``diameter`` px) or
+    ``'zero'``. Returns a ``RefinementResult`` whose ``history`` starts with the
+    starting offsets' record (``centring`` key) when they were estimated.
+    """
+    settings = settings or RefinementSettings()
+    log = log or (lambda line: None)
+    m = len(images)
+    if start_shifts not in START_SHIFTS:
+        raise ValueError(f"start_shifts must be one of {START_SHIFTS}, got {start_shifts!r}")
+    refiner = LocalRefiner(images, pixel_size, ctf=ctf, settings=settings, log=log,
+                           progress=progress)
+    start = np.zeros((m, 2)) if shifts is None else np.asarray(shifts, np.float64)
+    if start_shifts == "zero":
+        start = np.zeros((m, 2))
+    elif start_shifts == "centre of mass":
+        from . import centering
+        if not diameter:
+            raise ValueError("centring by centre of mass needs the particle diameter (px)")
+        unmasked = als.ParticleSpectra(images, pixel_size, ctf=ctf)
+        start, info = centering.centre_particles(unmasked, settings.shift_range, diameter)
+        log(f"Reference-free centring: median offset {np.median(np.linalg.norm(start, axis=1)):.2f} px "
+            f"({info['seconds']:.1f} s)")
+    return refiner.run(orientations, start, initial_map)

@@ -13,6 +13,9 @@ from scipy.spatial.transform import Rotation
 from orientlearn.core import (alignment, centering, ctf, geometry, image_ops, projection,
                               refinement, simulation, volumes)
 from orientlearn.core import alignment_search as als
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 CTF = dict(defocus_range=(1.0e4, 2.0e4))
 

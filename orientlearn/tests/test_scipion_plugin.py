@@ -50,7 +50,7 @@ NEEDS_ORIENTATIONS = {
 }
 # Protocols whose heavy steps get a 'Threads' field (parallel section).
 WITH_THREADS = {"OrientLearnProtSimulate", "OrientLearnProtTrain", "OrientLearnProtRecover",
-                "OrientLearnProtReconstruct", "OrientLearnProtAspire"}
+                "OrientLearnProtReconstruct", "OrientLearnProtAspire", "OrientLearnProtRefine"}
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
