@@ -70,6 +70,60 @@ def read_particle_images(particles, log=None):
     return np.asarray(ids), images
 
 
+def particle_files(particles):
+    """The distinct image files of a SetOfParticles (format suffixes dropped), read from
+    the set's table with one query (no iteration over the particles)."""
+    try:
+        names = particles.getUniqueValues("_filename")
+    except Exception:  # an in-memory set without a mapper
+        names = {p.getFileName() for p in particles.iterItems()}
+    return sorted({clean_path(n) for n in names if n})
+
+
+def missing_particle_files(particles):
+    """Image files a SetOfParticles refers to that no longer exist (list of paths)."""
+    return [f for f in particle_files(particles) if not os.path.exists(f)]
+
+
+def particle_image_defects(particles, chunk=4096):
+    """``(ids (N,), defects)``: the particles' ids in id order and the masks of
+    ``core.checks.image_defects`` (non-finite, constant, huge values), reading each stack
+    memory-mapped, ``chunk`` images at a time, so memory stays bounded."""
+    from .core import checks
+    by_file = OrderedDict()
+    ids = []
+    for k, p in enumerate(particles.iterItems(orderBy="id")):
+        index, fn = p.getLocation()
+        by_file.setdefault(fn, []).append((k, (index or 1) - 1))
+        ids.append(p.getObjId())
+    masks = {key: np.zeros(len(ids), dtype=bool) for key in ("non_finite", "constant", "huge")}
+    for fn, entries in by_file.items():
+        rows = np.array([k for k, _ in entries])
+        idx = np.array([i for _, i in entries])
+        for start, images in _iter_stack_chunks(fn, idx, chunk):
+            found = checks.image_defects(images)
+            for key, mask in found.items():
+                masks[key][rows[start:start + len(images)]] = mask
+    return np.asarray(ids), masks
+
+
+def _iter_stack_chunks(filename, indices, chunk):
+    """``(start, images (n, S, S) float32)`` for ``indices`` (0-based) of a stack, ``chunk``
+    at a time; MRC stacks are memory-mapped, other formats read whole."""
+    path = clean_path(filename)
+    try:
+        mrc = mrcfile.mmap(path, mode="r", permissive=True)
+    except Exception:
+        stack = read_stack(filename)
+        for start in range(0, len(indices), chunk):
+            yield start, stack[indices[start:start + chunk]]
+        return
+    with mrc:
+        data = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
+        for start in range(0, len(indices), chunk):
+            yield start, np.asarray(data[indices[start:start + chunk]], dtype=np.float32)
+
+
 def particle_orientations(particles):
     """``(ids (N,), quaternions (N, 4), shifts (N, 2) px)`` of particles with ALIGN_PROJ."""
     ids, mats = [], []
@@ -229,10 +283,67 @@ def has_projection_alignment(particles):
 
 def read_volume_on_grid(volume_obj, size, pixel_size):
     """The map of a Scipion ``Volume`` resampled to ``pixel_size`` (A) and cropped or
-    zero-padded to a ``size``-voxel cube: ``(size, size, size)`` float array."""
+    zero-padded to a ``size``-voxel cube: ``(size, size, size)`` float32 array.
+
+    See :func:`resample_volume_to_grid`: memory stays of the order of the output box,
+    whatever the ratio of the pixel sizes.
+    """
     from .core import volumes
     vol, _ = volumes.read_volume(clean_path(volume_obj.getFileName()))
-    new = int(round(vol.shape[0] * volume_obj.getSamplingRate() / pixel_size))
-    if new != vol.shape[0]:
-        vol = volumes.downsample_volume(vol, new)
-    return volumes.crop_or_pad_volume(vol, size)
+    return resample_volume_to_grid(vol, volume_obj.getSamplingRate(), size, pixel_size)
+
+
+def resample_volume_to_grid(volume, voxel_size, size, pixel_size):
+    """A cubic map ``(N, N, N)`` at ``voxel_size`` (A) Fourier-resampled to ``pixel_size``
+    and cropped or zero-padded (about the centre ``N // 2``) to ``(size,) * 3`` float32.
+
+    The same numbers as resampling the whole map to ``M = round(N voxel_size /
+    pixel_size)`` voxels (``core.volumes.downsample_volume``) and cropping it to ``size``,
+    without ever holding the ``M^3`` map: resampling is linear along each axis, so each
+    axis is multiplied by the ``(size, N)`` rows of the resampling matrix that the output
+    box keeps. Memory is of the order of ``size * N^2`` (output and input boxes), whatever
+    the ratio of the pixel sizes.
+    """
+    vol = np.asarray(volume, dtype=np.float32)
+    if vol.ndim != 3 or len(set(vol.shape)) != 1:
+        raise ValueError(f"expected a cubic volume (N, N, N), got shape {vol.shape}")
+    n, size = vol.shape[0], int(size)
+    new = max(1, int(round(n * float(voxel_size) / float(pixel_size))))
+    weights = _resampling_rows(n, new, size)                 # (size, n)
+    for axis in range(3):
+        vol = np.moveaxis(np.tensordot(weights, vol, axes=([1], [axis])), 0, axis)
+    return np.ascontiguousarray(vol, dtype=np.float32)
+
+
+def _resampling_rows(n, new, size):
+    """``(size, n)`` float32 matrix ``W``: ``W @ x`` is ``x (n,)`` Fourier-resampled to
+    ``new`` samples (centre ``n // 2`` kept on ``new // 2``, values preserved, as
+    ``core.image_ops.downsample``) then cropped or zero-padded to ``size`` about the centre."""
+    import scipy.fft as sfft
+    import scipy.signal
+    if new == n:
+        full = np.eye(n)
+    else:
+        # Resampling is linear: apply it to the identity, column j = the image of e_j.
+        full = sfft.fftshift(scipy.signal.resample(sfft.ifftshift(np.eye(n), axes=0), new,
+                                                   axis=0), axes=0)
+    return _crop_or_pad_axis(full, size, 0).astype(np.float32)
+
+
+def _crop_or_pad_axis(arr, size, axis):
+    """Crop or zero-pad ``arr`` along ``axis`` to ``size``, keeping the centre
+    ``n // 2`` on ``size // 2`` (the convention of ``core.image_ops.crop_or_pad``)."""
+    n = arr.shape[axis]
+    if n == size:
+        return arr
+    shape = list(arr.shape)
+    shape[axis] = size
+    out = np.zeros(shape, dtype=arr.dtype)
+    keep = min(n, size)
+    src, dst = n // 2 - keep // 2, size // 2 - keep // 2
+    index_out = [slice(None)] * arr.ndim
+    index_in = [slice(None)] * arr.ndim
+    index_out[axis] = slice(dst, dst + keep)
+    index_in[axis] = slice(src, src + keep)
+    out[tuple(index_out)] = arr[tuple(index_in)]
+    return out

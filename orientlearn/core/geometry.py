@@ -30,11 +30,13 @@ __all__ = [
     "axis_angle_quaternion", "in_plane_quaternion", "MIRROR_QUATERNION", "symmetry_group",
     "canonical_representative", "sample_orientations", "viewing_directions",
     "SYMMETRY_HELP",
+    "MAX_GROUP_ORDER",
 ]
 
-SYMMETRY_HELP = ("Point group of the protein: C1 (none), Cn (n-fold axis along z), Dn "
-                 "(n-fold along z, 2-fold along x), T, O, I (Relion/Xmipp's default "
-                 "orientations: 2-fold axes on x, y, z; I2 for icosahedral).")
+SYMMETRY_HELP = ("Point group of the protein: C1 (none), Cn (n-fold axis along z, "
+                 "n <= 60), Dn (n-fold along z, 2-fold along x, n <= 30), T, O, I "
+                 "(Relion/Xmipp's default orientations: 2-fold axes on x, y, z; I2 for "
+                 "icosahedral).")
 
 
 def normalize(q):
@@ -203,6 +205,12 @@ def in_plane_quaternion(alpha):
 MIRROR_QUATERNION = np.array([0.0, 1.0, 0.0, 0.0])
 
 
+#: Largest point group supported (the icosahedral group's 60 elements): symmetric
+#: distances take a minimum over every element, and rotations by 2 pi / n for very large
+#: n are indistinguishable from the identity at the closure's tolerance.
+MAX_GROUP_ORDER = 60
+
+
 def _close_group(generators):
     """All products of the generators, as quaternions ``(G, 4)`` with ``q ~ -q`` merged."""
     elems = [np.array([1.0, 0, 0, 0])]
@@ -217,8 +225,9 @@ def _close_group(generators):
                     new.append(c)
         elems += new
         frontier = new
-        if len(elems) > 60:
-            raise RuntimeError("group generation did not close")
+        if len(elems) > MAX_GROUP_ORDER:
+            raise ValueError(f"the group has more than {MAX_GROUP_ORDER} elements "
+                             "(not a supported point group)")
     out = np.array(elems)
     return np.where(out[:, :1] < 0, -out, out)
 
@@ -228,11 +237,19 @@ def symmetry_group(name="C1"):
 
     ``name``: ``C1``, ``Cn``, ``Dn`` (n >= 1), ``T``, ``O`` or ``I`` (also ``I2``),
     case-insensitive, with Relion/Xmipp's standard axes (see ``SYMMETRY_HELP``).
+    Raises ``ValueError`` for an unknown name or a group of more than
+    ``MAX_GROUP_ORDER`` elements (Cn, n > 60; Dn, n > 30).
     """
     s = str(name).strip().upper()
     z = np.array([0, 0, 1.0])
     if s[:1] in "CD" and s[1:].isdigit() and int(s[1:]) >= 1:
         n = int(s[1:])
+        order = n if s[0] == "C" else 2 * n
+        if order > MAX_GROUP_ORDER:
+            raise ValueError(
+                f"Symmetry {s} has {order} elements; point groups of up to "
+                f"{MAX_GROUP_ORDER} are supported (C1-C{MAX_GROUP_ORDER}, "
+                f"D1-D{MAX_GROUP_ORDER // 2}, T, O, I). Check the symmetry order.")
         gens = [axis_angle_quaternion(z, 2 * np.pi / n)]
         if s[0] == "D":
             gens.append(axis_angle_quaternion([1, 0, 0], np.pi))

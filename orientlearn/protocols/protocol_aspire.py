@@ -80,11 +80,13 @@ class OrientLearnProtAspire(OrientLearnProtBase, ProtInitialVolume):
         self._addResourceParams(form, gpu=False)
 
     def _insertAllSteps(self):
-        self._insertFunctionStep(self.estimateStep, needsGPU=False)
-        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+        self._acquireRunLock()
+        signature = self._stepSignature()
+        self._insertFunctionStep(self.estimateStep, signature, needsGPU=False)
+        self._insertFunctionStep(self.createOutputStep, signature, needsGPU=False)
 
     # -------------------------- STEPS -------------------------------------------
-    def estimateStep(self):
+    def estimateStep(self, signature=None):
         from ..core import image_ops
         python, where = aspire_python()
         if python is None:
@@ -92,7 +94,7 @@ class OrientLearnProtAspire(OrientLearnProtBase, ProtInitialVolume):
         self.info(f"ASPIRE runs with {python} ({where}).")
         parts = self.inputParticles.get()
         ids, images = convert.read_particle_images(parts)
-        self._checkFinite(images, "Input images")
+        self._checkImages(ids, images, "Input particles")
         pixel_size = parts.getSamplingRate()
         box = self.downsampleBox.get() or images.shape[-1]
         if box != images.shape[-1]:
@@ -122,7 +124,7 @@ class OrientLearnProtAspire(OrientLearnProtBase, ProtInitialVolume):
                   f"{info['estimate_seconds']:.1f} s ({info['wall_seconds']:.1f} s with "
                   f"start-up), peak memory {info.get('peak_rss_mb', 0):.0f} MB.")
 
-    def createOutputStep(self):
+    def createOutputStep(self, signature=None):
         parts = self.inputParticles.get()
         res = self._loadArrays(QUATERNIONS_FILE)
         out = convert.copy_particles_with_orientations(self, parts, res["quaternions"])
@@ -139,7 +141,7 @@ class OrientLearnProtAspire(OrientLearnProtBase, ProtInitialVolume):
 
     # -------------------------- INFO ---------------------------------------------
     def _validate(self):
-        errors = []
+        errors = self._validateNotRunning()
         python, message = aspire_python()
         if python is None:
             errors.append(message)

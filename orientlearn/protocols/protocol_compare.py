@@ -68,8 +68,10 @@ class OrientLearnProtCompare(OrientLearnProtBase, ProtAnalysis3D):
                            "the map to evaluate.")
 
     def _insertAllSteps(self):
-        self._insertFunctionStep(self.compareStep, needsGPU=False)
-        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+        self._acquireRunLock()
+        signature = self._stepSignature()
+        self._insertFunctionStep(self.compareStep, signature, needsGPU=False)
+        self._insertFunctionStep(self.createOutputStep, signature, needsGPU=False)
 
     def _matched(self):
         ids_e, q_e, sh_e = convert.particle_orientations(self.inputParticles.get())
@@ -77,7 +79,7 @@ class OrientLearnProtCompare(OrientLearnProtBase, ProtAnalysis3D):
         common, ie, ir = np.intersect1d(ids_e, ids_r, return_indices=True)
         return common, q_e[ie], q_r[ir], sh_e[ie]
 
-    def compareStep(self):
+    def compareStep(self, signature=None):
         from ..core.alignment import compare_orientations
         ids, q_est, q_ref, _ = self._matched()
         self.info(f"Comparing {len(ids)} particles matched by id.")
@@ -120,7 +122,7 @@ class OrientLearnProtCompare(OrientLearnProtBase, ProtAnalysis3D):
                   + (" (mirrored map)" if flipped else ""))
         return res
 
-    def createOutputStep(self):
+    def createOutputStep(self, signature=None):
         data = self._loadArrays(ERRORS_FILE)
         parts = self.inputParticles.get()
         ids_all = np.array([p.getObjId() for p in parts.iterItems(orderBy="id")])
@@ -174,10 +176,11 @@ class OrientLearnProtCompare(OrientLearnProtBase, ProtAnalysis3D):
 
     # -------------------------- INFO ---------------------------------------------
     def _validate(self):
-        errors = []
+        errors = self._validateNotRunning()
         for label, parts in (("Particles to evaluate", self.inputParticles.get()),
                              ("Reference particles", self.referenceParticles.get())):
-            errors += self._validateParticles(parts, label, needOrientations=True, minCount=3)
+            errors += self._validateParticles(parts, label, needOrientations=True, minCount=3,
+                                              checkImages=False)
         if errors:
             return errors
         ids_e = {p.getObjId() for p in self.inputParticles.get().iterItems()}
@@ -185,21 +188,13 @@ class OrientLearnProtCompare(OrientLearnProtBase, ProtAnalysis3D):
         if len(ids_e & ids_r) < 3:
             errors.append("The two sets share fewer than 3 particle ids: compare sets "
                           "derived from the same particles.")
-        try:
-            geometry.symmetry_group(self.symmetryGroup.get())
-        except ValueError as e:
-            errors.append(str(e))
+        errors += self._validateSymmetry(self.symmetryGroup.get())
         maps = [self.inputVolume.get(), self.referenceVolume.get()]
         if (maps[0] is None) != (maps[1] is None):
             errors.append("Give both maps (to evaluate and reference) for a map FSC, "
                           "or neither.")
         for label, vol in zip(("Map to evaluate", "Reference map"), maps):
-            if vol is not None:
-                fn = convert.clean_path(vol.getFileName())
-                if not os.path.exists(fn):
-                    errors.append(f"{label}: file {fn} is missing.")
-                elif not vol.getSamplingRate():
-                    errors.append(f"{label}: no sampling rate set.")
+            errors += self._validateVolume(vol, label)
         return errors
 
     def _summary(self):

@@ -67,14 +67,17 @@ class OrientLearnProtReconstruct(OrientLearnProtBase, ProtReconstruct3D):
         self._addResourceParams(form)
 
     def _insertAllSteps(self):
-        self._insertFunctionStep(self.reconstructStep, needsGPU=self.method == RECONSTRUCT_ASTRA)
-        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+        self._acquireRunLock()
+        signature = self._stepSignature()
+        self._insertFunctionStep(self.reconstructStep, signature,
+                                 needsGPU=self.method == RECONSTRUCT_ASTRA)
+        self._insertFunctionStep(self.createOutputStep, signature, needsGPU=False)
 
     # -------------------------- STEPS -------------------------------------------
     def _readInputs(self):
         parts = self.inputParticles.get()
-        _, images = convert.read_particle_images(parts)
-        self._checkFinite(images, "Input images")
+        ids, images = convert.read_particle_images(parts)
+        self._checkImages(ids, images, "Input particles")
         _, quats, shifts = convert.particle_orientations(parts)
         ctf_params = convert.particle_ctfs(parts) if self.doCtfCorrection else None
         return images, quats, shifts, ctf_params
@@ -88,7 +91,7 @@ class OrientLearnProtReconstruct(OrientLearnProtBase, ProtReconstruct3D):
                                 p["astig_angle"], voltage=p["voltage"], cs=p["cs"],
                                 amplitude_contrast=p["amplitude_contrast"])
 
-    def reconstructStep(self):
+    def reconstructStep(self, signature=None):
         from ..core import fsc, reconstruction
         self._configureDevices()
         parts = self.inputParticles.get()
@@ -114,6 +117,10 @@ class OrientLearnProtReconstruct(OrientLearnProtBase, ProtReconstruct3D):
         full = run(np.arange(len(images)), "Full map")
         half1 = run(np.flatnonzero(half == 0), "Half map 1")
         half2 = run(np.flatnonzero(half == 1), "Half map 2")
+        from ..core.checks import check_map
+        for vol, what in ((full, "The reconstructed map"), (half1, "Half map 1"),
+                          (half2, "Half map 2")):
+            check_map(vol, what)        # never register a blank or NaN map
         for name, vol in (("volume.mrc", full), ("half1.mrc", half1), ("half2.mrc", half2)):
             convert.write_volume(self._getExtraPath(name), vol, px)
         freq, fsc_half = fsc.fsc(half1, half2, pixel_size=px)
@@ -136,7 +143,7 @@ class OrientLearnProtReconstruct(OrientLearnProtBase, ProtReconstruct3D):
             return None
         return convert.read_volume_on_grid(ref_obj, size, px)
 
-    def createOutputStep(self):
+    def createOutputStep(self, signature=None):
         parts = self.inputParticles.get()
         px = parts.getSamplingRate()
         vol = Volume()
@@ -169,12 +176,11 @@ class OrientLearnProtReconstruct(OrientLearnProtBase, ProtReconstruct3D):
     # -------------------------- INFO ---------------------------------------------
     def _validate(self):
         parts = self.inputParticles.get()
-        errors = self._validateParticles(parts, "Input particles", needOrientations=True,
-                                         minCount=2)
-        try:
-            geometry.symmetry_group(self.symmetryGroup.get())
-        except ValueError as e:
-            errors.append(str(e))
+        errors = self._validateNotRunning()
+        errors += self._validateParticles(parts, "Input particles", needOrientations=True,
+                                          minCount=2)
+        errors += self._validateSymmetry(self.symmetryGroup.get())
+        errors += self._validateVolume(self.referenceVolume.get(), "Reference volume")
         if self.method == RECONSTRUCT_ASTRA:
             from ..core.projection import has_cuda
             if not has_cuda():

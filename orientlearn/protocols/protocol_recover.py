@@ -86,9 +86,11 @@ class OrientLearnProtRecover(OrientLearnProtBase, ProtInitialVolume):
         self._addResourceParams(form)
 
     def _insertAllSteps(self):
-        self._insertFunctionStep(self.embedStep, needsGPU=True)
-        self._insertFunctionStep(self.recoverStep, needsGPU=False)
-        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+        self._acquireRunLock()
+        signature = self._stepSignature()
+        self._insertFunctionStep(self.embedStep, signature, needsGPU=True)
+        self._insertFunctionStep(self.recoverStep, signature, needsGPU=False)
+        self._insertFunctionStep(self.createOutputStep, signature, needsGPU=False)
 
     # -------------------------- STEPS -------------------------------------------
     def _transforms(self):
@@ -96,13 +98,13 @@ class OrientLearnProtRecover(OrientLearnProtBase, ProtInitialVolume):
         return image_transforms(n_rotations=4, mirror=True)[0] if self.useTransforms \
             else image_transforms(n_rotations=1, mirror=False)[0]
 
-    def embedStep(self):
+    def embedStep(self, signature=None):
         self._configureDevices()
         from ..core import image_ops, model_io, network
         model_obj = self.inputModel.get()
         model, meta = model_io.load_distance_model(model_obj.getFileName())
         ids, images = convert.read_particle_images(self.inputParticles.get())
-        self._checkFinite(images, "Input images")
+        self._checkImages(ids, images, "Input particles")
         images = self._toModelGrid(images, model_obj)
         transforms = self._transforms()
         feats = []
@@ -130,7 +132,7 @@ class OrientLearnProtRecover(OrientLearnProtBase, ProtInitialVolume):
             images = image_ops.crop_or_pad(images, size)
         return images
 
-    def recoverStep(self):
+    def recoverStep(self, signature=None):
         from ..core import network, recovery
         feats = np.load(self._getExtraPath(FEATURES_FILE))
         with open(self._getExtraPath(EMBEDDING_FILE)) as f:
@@ -150,7 +152,7 @@ class OrientLearnProtRecover(OrientLearnProtBase, ProtInitialVolume):
         self.info(f"Final L_OR {info['loss_history'][-1]:.5g}; median residual "
                   f"{np.median(info['residual']):.3f} rad.")
 
-    def createOutputStep(self):
+    def createOutputStep(self, signature=None):
         parts = self.inputParticles.get()
         res = self._loadArrays(RESULT_FILE)
         out = convert.copy_particles_with_orientations(
@@ -167,8 +169,9 @@ class OrientLearnProtRecover(OrientLearnProtBase, ProtInitialVolume):
 
     # -------------------------- INFO ---------------------------------------------
     def _validate(self):
-        errors = self._validateParticles(self.inputParticles.get(), "Input particles",
-                                         minCount=max(10, self.nNeighbors.get() + 2))
+        errors = self._validateNotRunning()
+        errors += self._validateParticles(self.inputParticles.get(), "Input particles",
+                                          minCount=max(10, self.nNeighbors.get() + 2))
         model = self.inputModel.get()
         if model is None:
             return errors + ["Trained distance model: not set."]
@@ -178,6 +181,8 @@ class OrientLearnProtRecover(OrientLearnProtBase, ProtInitialVolume):
         elif not zipfile.is_zipfile(fn):
             errors.append(f"The model file {fn} is corrupt (not a Keras archive): re-run or "
                           "re-import the model.")
+        errors += self._validatePixelSize(model.getSamplingRate(),
+                                          "The model's sampling rate")
         parts = self.inputParticles.get()
         if parts is not None and parts.getSize() and model.getSamplingRate():
             box_A = parts.getXDim() * parts.getSamplingRate()

@@ -153,8 +153,10 @@ class OrientLearnProtSimulate(OrientLearnProtBase, ProtParticles):
 
     # -------------------------- INSERT steps functions -------------------------
     def _insertAllSteps(self):
-        self._insertFunctionStep(self.simulateStep, needsGPU=False)
-        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+        self._acquireRunLock()
+        signature = self._stepSignature()
+        self._insertFunctionStep(self.simulateStep, signature, needsGPU=False)
+        self._insertFunctionStep(self.createOutputStep, signature, needsGPU=False)
 
     # -------------------------- STEPS functions --------------------------------
     def _noiseArgs(self):
@@ -220,7 +222,7 @@ class OrientLearnProtSimulate(OrientLearnProtBase, ProtParticles):
         volume, _ = volumes.read_volume(path)
         return [(path, volume, vol_obj.getSamplingRate())]
 
-    def simulateStep(self):
+    def simulateStep(self, signature=None):
         from ..core import simulation
         self._configureDevices()
         maps = self._inputMaps()
@@ -257,7 +259,7 @@ class OrientLearnProtSimulate(OrientLearnProtBase, ProtParticles):
                     [np.broadcast_to(np.asarray(r["ctf"][key]), (n,)) for r in results])
         self._saveArrays("ground_truth.npz", **arrays)
 
-    def createOutputStep(self):
+    def createOutputStep(self, signature=None):
         truth = self._loadArrays("ground_truth.npz")
         ctf = None
         if "ctf_defocus_u" in truth:
@@ -283,6 +285,9 @@ class OrientLearnProtSimulate(OrientLearnProtBase, ProtParticles):
         else:
             self._defineSourceRelation(self.inputVolume, parts)
 
+    def _requiredOutputs(self):
+        return ["outputParticles"]        # outputVolume only from one atomic model
+
     # -------------------------- INFO functions ---------------------------------
     def _validateAtoms(self):
         from ..core import atoms
@@ -294,6 +299,7 @@ class OrientLearnProtSimulate(OrientLearnProtBase, ProtParticles):
             return [f"Atomic model files: {e}"]
         errors = [f"The atomic model file {f} does not exist." for f in files
                   if not os.path.isfile(f)]
+        errors += self._validatePixelSize(self.atomPixelSize.get(), "Map pixel size")
         resolution = self.atomResolution.get()
         if resolution and resolution < 2 * self.atomPixelSize.get():
             errors.append(f"Map resolution {resolution:g} A is finer than Nyquist "
@@ -309,17 +315,13 @@ class OrientLearnProtSimulate(OrientLearnProtBase, ProtParticles):
         return errors
 
     def _validate(self):
-        errors = []
+        errors = self._validateNotRunning()
         if self._fromAtoms():
             return errors + self._validateCommon() + self._validateAtoms()
         vol = self.inputVolume.get()
         if vol is None:
-            return ["Input volume: not set."]
-        path = convert.clean_path(vol.getFileName() or "")
-        if not os.path.exists(path):
-            errors.append(f"The volume file {path} does not exist.")
-        if not vol.getSamplingRate() or vol.getSamplingRate() <= 0:
-            errors.append("The input volume has no sampling rate: set it on import.")
+            return errors + ["Input volume: not set."]
+        errors += self._validateVolume(vol, "Input volume")
         box = max(vol.getDim() or (0, 0, 0))
         if self.imageSize.get() and not 8 <= self.imageSize.get() <= box:
             errors.append(f"Image size must be between 8 and the volume's box ({box} px), "
@@ -329,10 +331,12 @@ class OrientLearnProtSimulate(OrientLearnProtBase, ProtParticles):
     def _validateCommon(self):
         errors = []
         if self.orientationMode == ORIENT_SYMMETRY:
-            try:
-                geometry.symmetry_group(self.symmetryGroup.get())
-            except ValueError as e:
-                errors.append(str(e))
+            errors += self._validateSymmetry(self.symmetryGroup.get())
+        if self.oversampling.get() is None or self.oversampling.get() < 1:
+            errors.append(f"Projector oversampling must be 1 or more (it is "
+                          f"{self.oversampling.get()}): 2 is accurate, 1 faster.")
+        if self.numberOfParticles.get() is None or self.numberOfParticles.get() < 1:
+            errors.append("Number of particles must be at least 1.")
         if self.doCtf and not 0 < self.defocusMin.get() <= self.defocusMax.get():
             errors.append("Defocus range: need 0 < minimum <= maximum (Angstrom).")
         if not 0 <= self.amplitudeContrast.get() <= 1:

@@ -8,6 +8,7 @@ import numpy as np
 import pyworkflow.protocol.params as params
 from pyworkflow.constants import PROD
 from pwem.protocols import Prot3D, ProtImport
+from pyworkflow.protocol.constants import MODE_RESUME
 
 from .. import convert
 from ..constants import ARCHITECTURES, DISTANCE_HEADS, LOSSES
@@ -18,6 +19,11 @@ from .protocol_base import OrientLearnProtBase
 MODEL_FILE = "distance_model.keras"
 HISTORY_FILE = "training_history.json"
 EVALUATION_FILE = "validation_distances.npz"
+CHECKPOINT_DIR = "checkpoints"
+#: Beside the checkpoint: the parameters it was trained with (a continued run must match).
+CHECKPOINT_PARAMS_FILE = "protocol_params.json"
+#: Parameters a continued run may change and still resume the checkpoint.
+RESUMABLE_CHANGES = ("epochs", "patience", "stepsPerEpoch")
 
 
 def _resample_to(images, size):
@@ -119,22 +125,26 @@ class OrientLearnProtTrain(OrientLearnProtBase, Prot3D):
         self._addResourceParams(form)
 
     def _insertAllSteps(self):
-        self._insertFunctionStep(self.prepareStep, needsGPU=False)
-        self._insertFunctionStep(self.trainStep, needsGPU=True)
-        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+        self._acquireRunLock()
+        signature = self._stepSignature()
+        self._insertFunctionStep(self.prepareStep, signature, needsGPU=False)
+        self._insertFunctionStep(self.trainStep, signature, needsGPU=True)
+        self._insertFunctionStep(self.createOutputStep, signature, needsGPU=False)
 
     # -------------------------- STEPS -------------------------------------------
     def _targetSize(self):
         first = self.inputParticles[0].get()
         return self.imageSize.get() or first.getXDim()
 
-    def prepareStep(self):
+    def prepareStep(self, signature=None):
+        """Read, check and resample the training sets into tmp/ (``signature``: the
+        parameters, compared by Scipion on *continue*)."""
         size = self._targetSize()
         arrays = {}
         for k, pointer in enumerate(self.inputParticles):
             parts = pointer.get()
             ids, images = convert.read_particle_images(parts)
-            self._checkFinite(images, f"Images of set {k + 1}")
+            self._checkImages(ids, images, f"Training set {k + 1}")
             _, quats, _ = convert.particle_orientations(parts)
             arrays[f"images_{k}"] = _resample_to(images, size).astype(np.float32)
             arrays[f"quaternions_{k}"] = quats
@@ -142,14 +152,66 @@ class OrientLearnProtTrain(OrientLearnProtBase, Prot3D):
         np.savez(self._getTmpPath("training_data.npz"), **arrays)
 
     def _loadTrainingData(self):
+        if not os.path.exists(self._getTmpPath("training_data.npz")):
+            self.prepareStep()          # tmp/ was cleaned since: read the inputs again
         with np.load(self._getTmpPath("training_data.npz")) as data:
             n = len([k for k in data.files if k.startswith("images_")])
             return ([data[f"images_{k}"] for k in range(n)],
                     [data[f"quaternions_{k}"] for k in range(n)])
 
-    def trainStep(self):
+    # ---- the checkpoint must come from the same parameters -------------------------
+    def _checkpointParams(self):
+        """The parameters that shape the model and its data (a checkpoint from other
+        values cannot be resumed): the step signature less ``RESUMABLE_CHANGES``, with
+        the effective image size."""
+        params_ = {k: v for k, v in self._stepSignature().items() if k not in RESUMABLE_CHANGES}
+        if self.inputParticles and self.inputParticles[0].get() is not None:
+            params_["imageSize"] = self._targetSize()
+        return json.loads(json.dumps(params_))
+
+    def _checkpointPath(self, name=""):
+        return os.path.join(self._getExtraPath(CHECKPOINT_DIR), name)
+
+    def _hasCheckpoint(self):
+        return os.path.exists(self._checkpointPath("state.json"))
+
+    def _checkpointMismatch(self):
+        """'' if the saved checkpoint (if any) was trained with the current parameters,
+        else a message naming what changed and saying to use *restart*."""
+        if not self._hasCheckpoint():
+            return ""
+        path = self._checkpointPath(CHECKPOINT_PARAMS_FILE)
+        if not os.path.exists(path):
+            changed = ["(no record of the parameters it was trained with)"]
+        else:
+            with open(path) as f:
+                saved = json.load(f)
+            now = self._checkpointParams()
+            changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}"
+                       for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+        if not changed:
+            return ""
+        return ("The training checkpoint in this run's extra/checkpoints was made with other "
+                f"parameters: {'; '.join(changed)}. A *continue* can only change "
+                f"{', '.join(RESUMABLE_CHANGES)}. Use *restart* to train again from scratch "
+                "with the new parameters (or set them back to continue).")
+
+    def trainStep(self, signature=None):
+        """Train (resuming from the checkpoint in extra/ if this run has one)."""
         self._configureDevices()
         from ..core import model_io, training
+        mismatch = self._checkpointMismatch()
+        if mismatch:
+            raise ValueError(mismatch)
+        if self._hasCheckpoint():
+            with open(self._checkpointPath("state.json")) as f:
+                done = json.load(f).get("epoch", 0)
+            self.info(f"Resuming from the checkpoint of epoch {done} "
+                      f"({self._checkpointPath()}).")
+        else:
+            os.makedirs(self._checkpointPath(), exist_ok=True)
+            with open(self._checkpointPath(CHECKPOINT_PARAMS_FILE), "w") as f:
+                json.dump(self._checkpointParams(), f, indent=1)
         images, quats = self._loadTrainingData()
         epochs = self.epochs.get()
         log_epoch = self._epochLogger(epochs)
@@ -165,7 +227,7 @@ class OrientLearnProtTrain(OrientLearnProtBase, Prot3D):
                               copy_fraction=0.5 if self.augmentTransforms else 0.0,
                               noise_variance=(self.noiseMin.get(), self.noiseMax.get()),
                               max_shift=int(round(self.shiftMax.get()))),
-            checkpoint_dir=self._getExtraPath("checkpoints"), seed=self.seed.get(),
+            checkpoint_dir=self._checkpointPath(), seed=self.seed.get(),
             progress=log_epoch, head=self._head())
         with open(self._getExtraPath(HISTORY_FILE), "w") as f:
             json.dump(history, f, indent=1, default=float)
@@ -177,6 +239,7 @@ class OrientLearnProtTrain(OrientLearnProtBase, Prot3D):
         start = time.time()
 
         def log(epoch, n_epochs, logs):
+            self._checkRunLockOwned()       # stop if a restart cleaned our folder
             elapsed = time.time() - start
             eta = elapsed / max(epoch, 1) * (n_epochs - epoch)
             from ..core.progress import format_duration
@@ -218,9 +281,12 @@ class OrientLearnProtTrain(OrientLearnProtBase, Prot3D):
         mae = float(np.mean(np.abs(d_est - d_true)))
         self.info(f"Validation pairs: mean |d_hat - d_q| = {mae:.3f} rad over {len(a)} pairs.")
 
-    def createOutputStep(self):
+    def createOutputStep(self, signature=None):
         first = self.inputParticles[0].get()
         size = self._targetSize()
+        if not os.path.exists(self._getExtraPath(MODEL_FILE)):
+            raise FileNotFoundError(f"The trained model {self._getExtraPath(MODEL_FILE)} is "
+                                    "missing: use *restart* to train again.")
         model = DistanceModel(filename=self._getExtraPath(MODEL_FILE), imageSize=size,
                               samplingRate=first.getSamplingRate() * first.getXDim() / size,
                               symmetry=self.symmetryGroup.get(),
@@ -237,9 +303,9 @@ class OrientLearnProtTrain(OrientLearnProtBase, Prot3D):
 
     # -------------------------- INFO ---------------------------------------------
     def _validate(self):
-        errors = []
+        errors = self._validateNotRunning()
         if len(self.inputParticles) == 0:
-            return ["Give at least one set of training particles."]
+            return errors + ["Give at least one set of training particles."]
         sizes, rates = set(), set()
         for k, pointer in enumerate(self.inputParticles):
             parts = pointer.get()
@@ -252,14 +318,15 @@ class OrientLearnProtTrain(OrientLearnProtBase, Prot3D):
         if len(rates) > 1:
             errors.append("The training sets have different box sizes in Angstrom "
                           f"({sorted(rates)}): resample them to one physical box first.")
-        try:
-            geometry.symmetry_group(self.symmetryGroup.get())
-        except ValueError as e:
-            errors.append(str(e))
+        errors += self._validateSymmetry(self.symmetryGroup.get())
         if self.imageSize.get() and self.imageSize.get() < 16:
             errors.append("Network image size must be at least 16 px (or 0).")
         if self.noiseMin.get() > self.noiseMax.get():
             errors.append("Noise augmentation: min must not exceed max.")
+        if not errors and self.runMode.get() == MODE_RESUME:
+            mismatch = self._checkpointMismatch()
+            if mismatch:
+                errors.append(mismatch)
         return errors
 
     def _summary(self):
@@ -298,12 +365,14 @@ class OrientLearnProtImportModel(OrientLearnProtBase, ProtImport):
         form.addParam("samplingRate", params.FloatParam, default=0.0,
                       label="Sampling rate (A/px)",
                       help="Pixel size of the images the model expects; 0 reads it from "
-                           "the metadata.")
+                           "the metadata. A value given here must agree with the metadata "
+                           "(within 2%): a model only works at the pixel size it was "
+                           "trained at, so an override is for metadata without one.")
 
     def _insertAllSteps(self):
-        self._insertFunctionStep(self.importStep, needsGPU=False)
+        self._insertFunctionStep(self.importStep, self._stepSignature(), needsGPU=False)
 
-    def importStep(self):
+    def importStep(self, signature=None):
         from ..core import model_io
         src = self.modelFile.get()
         _, meta = model_io.load_distance_model(src)  # fails clearly if corrupt
@@ -325,10 +394,27 @@ class OrientLearnProtImportModel(OrientLearnProtBase, ProtImport):
         src = self.modelFile.get()
         if not src or not os.path.exists(src):
             return [f"Model file {src!r} does not exist."]
-        meta = os.path.splitext(src)[0] + ".json"
-        if not os.path.exists(meta):
-            return [f"Metadata {meta} is missing beside the model file."]
-        return []
+        meta_path = os.path.splitext(src)[0] + ".json"
+        if not os.path.exists(meta_path):
+            return [f"Metadata {meta_path} is missing beside the model file."]
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            meta_rate = float(meta.get("pixel_size") or 0)
+            int(meta["image_size"])
+        except (ValueError, KeyError, TypeError) as e:
+            return [f"Metadata {meta_path} is unreadable or incomplete ({e!r}): re-save the "
+                    "model with orientlearn."]
+        override = self.samplingRate.get() or 0.0
+        errors = []
+        if override and meta_rate and abs(override - meta_rate) > 0.02 * meta_rate:
+            errors.append(f"Sampling rate {override:g} A/px disagrees with the model's "
+                          f"metadata ({meta_rate:g} A/px, {override / meta_rate:.2f}x): the "
+                          "model only works at the pixel size it was trained at. Set 0 to "
+                          "use the metadata.")
+        errors += self._validatePixelSize(override or meta_rate or None,
+                                          "The model's sampling rate")
+        return errors
 
     def _summary(self):
         if hasattr(self, "outputModel"):
