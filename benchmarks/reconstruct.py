@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 
 from orientlearn.core import fsc, geometry, projection, reconstruction  # noqa: E402
+from orientlearn.core.threads import thread_count, usable_cores  # noqa: E402
 from orientlearn.core.progress import ProgressReporter  # noqa: E402
 from paper import write_report, MAP_PATH, git_commit, peak_rss_mb, support_radius, volume_at_size  # noqa: E402
 
@@ -245,11 +246,8 @@ def main(argv=None):
         results.append(run_size(args, n) if args.in_process else run_in_child(argv, n))
 
     pixel_size = results[0]["pixel_size"]
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:                              # pragma: no cover (macOS)
-        usable = os.cpu_count()
-    threads = args.threads or reconstruction._default_threads()
+    usable = usable_cores()
+    threads = thread_count(args.threads, reconstruction.MAX_DEFAULT_THREADS)
     header = (f"## orientlearn reconstruction benchmark: 5j0n, {args.box} px at "
               f"{pixel_size:.3f} Å/px, reconstruct_fourier (CPU)"
               + (f", noise σ²={args.sigma2:g}" if args.sigma2 else ", noiseless")

@@ -19,7 +19,7 @@ import functools
 import numpy as np
 import scipy.fft as sfft
 
-from .threads import _run_chunks
+from .threads import run_chunks
 
 __all__ = [
     "electron_wavelength", "ctf_2d", "ctf_2d_batch", "apply_ctf", "sample_ctf_params",
@@ -137,7 +137,7 @@ def ctf_2d_batch(size, pixel_size, defocus_u, defocus_v, astig_angle, voltage=30
                       amplitude_contrast, phase_shift, b_factor)
     out = np.empty((maker.m, size, size), dtype=np.float32)
     flat = out.reshape(maker.m, -1)
-    _run_chunks(maker.m, max(1, (1 << 19) // max(1, size * size)),
+    run_chunks(maker.m, max(1, (1 << 19) // max(1, size * size)),
                 lambda b0, b1: maker.fill(b0, b1, flat[b0:b1]))
     return out
 

@@ -7,7 +7,8 @@ aligns orientation sets) before an FSC against a reference means anything.
 """
 import numpy as np
 
-from .reconstruction import _as_matrices, reconstruct_fourier
+from . import geometry
+from .reconstruction import reconstruct_fourier
 
 __all__ = [
     "fsc", "resolution_at", "half_map_fsc", "mirror_volume", "fsc_with_handedness",
@@ -92,7 +93,7 @@ def half_map_fsc(images, rotations, shifts=None, ctfs=None, symmetry="C1", pixel
     """
     images = np.asarray(images)
     n_images = len(images)
-    rotations = _as_matrices(rotations)
+    rotations = geometry.as_rotation_matrices(rotations)
     order = np.random.default_rng(seed).permutation(n_images)
     halves = [np.sort(order[: n_images // 2]), np.sort(order[n_images // 2:])]
     maps = []

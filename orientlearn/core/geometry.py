@@ -25,7 +25,8 @@ import numpy as np
 
 __all__ = [
     "normalize", "multiply", "conjugate", "inverse", "distance", "symmetric_distance",
-    "quaternion_to_matrix", "matrix_to_quaternion", "euler_to_matrix", "matrix_to_euler",
+    "quaternion_to_matrix", "as_rotation_matrices", "matrix_to_quaternion", "euler_to_matrix",
+    "matrix_to_euler",
     "matrix_to_scipion_transform", "scipion_transform_to_matrix", "uniform_quaternions",
     "axis_angle_quaternion", "in_plane_quaternion", "MIRROR_QUATERNION", "symmetry_group",
     "canonical_representative", "sample_orientations", "viewing_directions",
@@ -95,6 +96,18 @@ def quaternion_to_matrix(q):
         np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
         np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
     ], axis=-2)
+
+
+def as_rotation_matrices(rotations):
+    """Rotation matrices ``(M, 3, 3)`` float64 from matrices ``(..., 3, 3)`` or quaternions
+    ``(..., 4)`` (one orientation gives ``M = 1``)."""
+    r = np.asarray(rotations, dtype=np.float64)
+    if r.ndim >= 2 and r.shape[-2:] == (3, 3):
+        return r.reshape(-1, 3, 3)
+    if r.ndim >= 1 and r.shape[-1] == 4:
+        return quaternion_to_matrix(r.reshape(-1, 4))
+    raise ValueError(f"rotations must be (M, 3, 3) matrices or (M, 4) quaternions, "
+                     f"got shape {r.shape}")
 
 
 def matrix_to_quaternion(R):

@@ -17,7 +17,7 @@ import scipy.signal
 
 from . import geometry
 from .ctf import _CTFMaker
-from .threads import _run_chunks
+from .threads import run_chunks
 
 __all__ = [
     "shift_images", "add_noise", "snr_db_to_sigma2", "sigma2_to_snr_db", "downsample",
@@ -50,7 +50,7 @@ def _filter_padded(images, shifts=None, ctf_params=None, pixel_size=1.0, pad_siz
     a complex FFT along y (and back), and only the ``N`` rows kept by the crop through
     the inverse real FFT. The shift ramp is separable (``exp(-2 pi i tx kx)`` on the
     x-transformed rows, ``exp(-2 pi i ty ky)`` with the CTF); images are processed in
-    small chunks on ``_n_threads()`` threads (results do not depend on either)."""
+    small chunks on ``threads.thread_count()`` threads (results do not depend on either)."""
     images = np.asarray(images, dtype=np.float32)
     m, n = images.shape[0], images.shape[-1]
     if images.shape[1:] != (n, n):
@@ -111,7 +111,7 @@ def _filter_padded(images, shifts=None, ctf_params=None, pixel_size=1.0, pad_siz
         out[b0:b1, :, :c] = res[:, :, P - c:]
         out[b0:b1, :, c:] = res[:, :, :r]
 
-    _run_chunks(m, chunk, work)
+    run_chunks(m, chunk, work)
     return out
 
 

@@ -26,16 +26,6 @@ __all__ = [
 ]
 
 
-def _as_matrices(rotations):
-    """``(M, 3, 3)`` float64 rotation matrices from matrices or quaternions ``(M, 4)``."""
-    r = np.asarray(rotations, dtype=np.float64)
-    if r.shape[-2:] == (3, 3):
-        return r.reshape(-1, 3, 3)
-    if r.shape[-1] == 4:
-        return geometry.quaternion_to_matrix(r.reshape(-1, 4))
-    raise ValueError(f"rotations must be (M, 3, 3) matrices or (M, 4) quaternions, got {r.shape}")
-
-
 @dataclasses.dataclass(frozen=True)
 class VolumeSpectrum:
     """The 3-D spectrum of a volume, ready for ``project`` (``prepare_volume`` makes it).
@@ -184,7 +174,7 @@ def project(volume, rotations, oversampling=2, batch_size=None, progress=None,
     """
     spec = (volume if isinstance(volume, VolumeSpectrum)
             else prepare_volume(volume, oversampling, interleave=interleave))
-    R = _as_matrices(rotations).astype(np.float32)
+    R = geometry.as_rotation_matrices(rotations).astype(np.float32)
     n, padded = spec.size, spec.padded_size
     if image_padding is None:
         grid = n if spec.support_radius <= n / 2 else _even_fast_len(
@@ -270,22 +260,26 @@ def has_cuda():
         return False
 
 
-def astra_vectors(rotations, size):
-    """ASTRA ``parallel3d_vec`` vectors ``(M, 12)`` for orientations ``rotations`` and a
-    ``size``-pixel square detector, for a volume geometry whose voxel ``i`` (per axis) is
-    at world coordinate ``i - size // 2`` (see ``project_astra``).
+def astra_vectors(rotations, size, shifts=None):
+    """ASTRA ``parallel3d_vec`` vectors ``(M, 12)`` for orientations ``rotations``
+    (``(M, 3, 3)`` or quaternions ``(M, 4)``), a ``size``-pixel square detector and
+    optional particle shifts ``(M, 2)`` ``(tx, ty)`` pixels, for a volume geometry whose
+    voxel ``i`` (per axis) is at world coordinate ``i - size // 2`` (``project_astra``,
+    ``reconstruction.reconstruct_astra``).
 
     ASTRA's row ``(ray, d, u, v)``: ray direction, detector centre, and the vectors from
     detector pixel (0, 0) to (0, 1) (``u``, along columns = our x) and to (1, 0) (``v``,
-    along rows = our y), all in world ``(x, y, z)``. Our pixel ``(x, y)`` sees the line
-    ``R^T (x, y, t)``: so ray = ``R^T e_z``, u = ``R^T e_x``, v = ``R^T e_y`` (rows of ``R``).
-    ASTRA's detector centre lies between pixels for an even size, half a pixel from our
-    centre pixel ``size // 2``, hence the offset of ``d``.
+    along rows = our y), all in world ``(x, y, z)``. Our pixel ``(x, y)`` (relative to the
+    box centre) sees the line ``R^T (x - tx, y - ty, t)``: so ray = ``R^T e_z``,
+    u = ``R^T e_x``, v = ``R^T e_y`` (rows of ``R``). ASTRA's detector centre lies between
+    pixels for an even size, half a pixel from our centre pixel ``size // 2``, and moves
+    by ``-t``: hence ``d``.
     """
-    R = _as_matrices(rotations)
+    R = geometry.as_rotation_matrices(rotations)
     u, v, ray = R[:, 0, :], R[:, 1, :], R[:, 2, :]
     delta = size // 2 - (size - 1) / 2.0           # 0.5 for even sizes, 0 for odd
-    d = -delta * (u + v)
+    t = np.zeros((len(R), 2)) if shifts is None else np.asarray(shifts, dtype=np.float64)
+    d = -(delta + t[:, :1]) * u - (delta + t[:, 1:2]) * v
     return np.concatenate([ray, d, u, v], axis=1)
 
 
@@ -331,7 +325,7 @@ def real_space_project(volume, rotation, order=3):
     Only content inside the box after rotation counts. Returns float32 ``(N, N)``."""
     volume = _check_cube(volume).astype(np.float64)
     n = volume.shape[0]
-    R = _as_matrices(rotation)[0]
+    R = geometry.as_rotation_matrices(rotation)[0]
     c = _centred_coords(n).astype(np.float64)
     z, y, x = np.meshgrid(c, c, c, indexing="ij")
     r = np.stack([x, y, z])                        # (3, N, N, N) rotated-frame (x, y, z)

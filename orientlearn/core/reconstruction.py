@@ -20,6 +20,8 @@ import scipy.fft
 import scipy.sparse
 
 from . import geometry
+from .projection import astra_vectors
+from .threads import thread_count
 
 try:    # scipy's kernel behind csc_matrix @ dense; it adds into its output array, which
     # saves allocating and adding a whole grid per batch. Public API as fallback.
@@ -28,32 +30,13 @@ except ImportError:                                     # pragma: no cover
     _csc_matvecs = None
 
 __all__ = [
-    "reconstruct_fourier", "reconstruct_astra", "astra_projection_vectors",
+    "reconstruct_fourier", "reconstruct_astra",
     "soft_spherical_mask",
 ]
 
 
-def _as_matrices(rotations):
-    """Rotation matrices ``(M, 3, 3)`` from ``(M, 3, 3)`` matrices or ``(M, 4)`` quaternions."""
-    rotations = np.asarray(rotations, dtype=np.float64)
-    if rotations.ndim == 2 and rotations.shape[1] == 4:
-        return geometry.quaternion_to_matrix(rotations)
-    if rotations.ndim == 3 and rotations.shape[1:] == (3, 3):
-        return rotations
-    raise ValueError(f"rotations must be (M, 3, 3) matrices or (M, 4) quaternions, "
-                     f"got shape {rotations.shape}")
-
-
-def _default_threads():
-    """Threads for CPU work: ``OMP_NUM_THREADS`` if set, else the usable cores (max 4)."""
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:                              # pragma: no cover (macOS)
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 4))
+#: Most threads ``reconstruct_fourier`` chooses by itself: each holds its own grid.
+MAX_DEFAULT_THREADS = 4
 
 
 def soft_spherical_mask(size, radius=None, width=3.0):
@@ -137,8 +120,8 @@ def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1"
         batch_size: images transformed and inserted together (memory ~ 5 MB per image
             at N = 116; small batches keep the work arrays in cache).
         n_threads: threads inserting batches, each holding its own Fourier grid
-            (``L^3 / 2 * 12`` bytes, 75 MB at N = 116); None: ``OMP_NUM_THREADS`` or
-            the usable cores, at most 4. The result does not depend on it (up to
+            (``L^3 / 2 * 12`` bytes, 75 MB at N = 116); None: ``threads.thread_count``
+            (limit, environment or usable cores), at most ``MAX_DEFAULT_THREADS``. The result does not depend on it (up to
             float rounding).
         fft_workers: threads for ``scipy.fft`` (None: scipy's default).
         progress: optional callable ``progress(done, total)`` in images, called from
@@ -151,7 +134,7 @@ def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1"
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise ValueError(f"images must be (M, N, N), got {images.shape}")
     n_images, n = images.shape[0], images.shape[1]
-    rotations = _as_matrices(rotations)
+    rotations = geometry.as_rotation_matrices(rotations)
     if len(rotations) != n_images:
         raise ValueError("need one rotation per image")
     if shifts is not None:
@@ -216,8 +199,7 @@ def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1"
 
     # Batches are spread over threads, each with its own grid (numpy and the sparse
     # kernel release the GIL); the grids are summed at the end.
-    if n_threads is None:
-        n_threads = _default_threads()
+    n_threads = thread_count(n_threads, max_threads=MAX_DEFAULT_THREADS)
     batches = [(b, min(b + batch_size, n_images)) for b in range(0, n_images, batch_size)]
     n_threads = max(1, min(int(n_threads), len(batches)))
     # float32 grids: half the memory traffic of the scatter; the relative rounding of
@@ -347,25 +329,6 @@ def _fold_grid(grid, size):
     return grid
 
 
-def astra_projection_vectors(rotations, size, shifts=None):
-    """ASTRA ``parallel3d_vec`` vectors ``(M, 12)`` for our imaging convention.
-
-    The detector pixel at column ``x`` / row ``y`` (coordinates relative to the box
-    centre, index ``N // 2``) sees the line ``{R^T (x - tx, y - ty, z)}``. ASTRA wants,
-    per projection, the ray direction, the detector centre ``d`` and the vectors ``u``
-    (pixel (0,0) -> (0,1), columns) and ``v`` (-> (1,0), rows), with pixel ``(i, j)``
-    centred at ``d + (j - (N-1)/2) u + (i - (N-1)/2) v`` (volume coordinates, voxel
-    units, with the volume window used by :func:`reconstruct_astra`).
-    Rows of ``R`` in the volume frame: ``u = R[0]``, ``v = R[1]``, ray ``= R[2]``.
-    """
-    r = _as_matrices(rotations)
-    u, v, ray = r[:, 0, :], r[:, 1, :], r[:, 2, :]
-    offset = (size - 1) / 2.0 - size // 2              # ASTRA's centre vs. index N // 2
-    t = np.zeros((len(r), 2)) if shifts is None else np.asarray(shifts, dtype=np.float64)
-    d = (offset - t[:, :1]) * u + (offset - t[:, 1:2]) * v
-    return np.concatenate([ray, d, u, v], axis=1)
-
-
 def reconstruct_astra(images, rotations, shifts=None, symmetry="C1", iterations=50,
                       algorithm="CGLS3D_CUDA", gpu_index=None):
     """Iterative reconstruction on the GPU with ASTRA (``CGLS3D_CUDA`` or ``SIRT3D_CUDA``).
@@ -389,12 +352,12 @@ def reconstruct_astra(images, rotations, shifts=None, symmetry="C1", iterations=
                            "reconstruct_fourier on the CPU.")
     images = np.asarray(images, dtype=np.float32)
     n_images, n = images.shape[0], images.shape[1]
-    rotations = _as_matrices(rotations)
+    rotations = geometry.as_rotation_matrices(rotations)
     sym = geometry.quaternion_to_matrix(geometry.symmetry_group(symmetry))
     all_rot = np.einsum("mij,gjk->gmik", rotations, sym).reshape(-1, 3, 3)
     all_shifts = None if shifts is None else np.tile(np.asarray(shifts), (len(sym), 1))
     all_images = np.tile(images, (len(sym), 1, 1))
-    vectors = astra_projection_vectors(all_rot, n, all_shifts)
+    vectors = astra_vectors(all_rot, n, all_shifts)
     lo = -(n // 2) - 0.5                                # voxel N // 2 centred at 0
     vol_geom = astra.create_vol_geom(n, n, n, lo, lo + n, lo, lo + n, lo, lo + n)
     proj_geom = astra.create_proj_geom("parallel3d_vec", n, n, vectors)

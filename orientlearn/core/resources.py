@@ -8,7 +8,8 @@
 * TensorFlow: ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` (read when its
   runtime starts, in this process or a child) and, when TensorFlow is already imported and
   not yet started, ``tf.config.threading``;
-* orientlearn's own thread pools, which read ``OMP_NUM_THREADS`` (``usable_threads``).
+* orientlearn's own thread pools, which read ``OMP_NUM_THREADS`` (``threads.thread_count``,
+  the one thread policy).
 
 ``limit_gpus(ids)`` sets ``CUDA_VISIBLE_DEVICES`` ("" hides every GPU). Nothing here runs
 at import; both functions change the environment of the calling process on purpose.
@@ -16,22 +17,10 @@ at import; both functions change the environment of the calling process on purpo
 import os
 import sys
 
+from .threads import thread_count
+
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
-
-
-def usable_threads():
-    """Threads this process may use: the CPU cores it may run on (``sched_getaffinity``),
-    at most ``OMP_NUM_THREADS`` when that is set; at least 1."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    try:
-        limit = int(os.environ.get("OMP_NUM_THREADS", ""))
-    except ValueError:
-        limit = 0
-    return max(1, min(cores, limit) if limit > 0 else cores)
 
 
 def limit_threads(n):
@@ -68,7 +57,7 @@ def thread_report():
     "tensorflow_intra": n, "tensorflow_inter": n}`` (TensorFlow values only when it is
     imported; 0 there means TensorFlow's own default, i.e. the env variables or all
     cores)."""
-    report = {"orientlearn": usable_threads(), "blas": {}}
+    report = {"orientlearn": thread_count(), "blas": {}}
     try:
         import threadpoolctl
         for info in threadpoolctl.threadpool_info():

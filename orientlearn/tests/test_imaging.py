@@ -119,6 +119,16 @@ def test_object_outside_inscribed_sphere_does_not_wrap():
     assert np.abs(wrapped[:16]).max() > 0.5 * peak
 
 
+def test_as_rotation_matrices_accepts_matrices_and_quaternions():
+    q = geometry.uniform_quaternions(5, seed=2)
+    R = geometry.quaternion_to_matrix(q)
+    np.testing.assert_allclose(geometry.as_rotation_matrices(q), R, atol=1e-12)
+    np.testing.assert_array_equal(geometry.as_rotation_matrices(R), R)
+    assert geometry.as_rotation_matrices(q[0]).shape == (1, 3, 3)
+    with pytest.raises(ValueError, match="rotations must be"):
+        geometry.as_rotation_matrices(np.zeros((5, 3)))
+
+
 def test_astra_vectors_match_convention():
     # ASTRA pixel (row i, col j) must lie on our line R^T (j - c, i - c, t).
     n = 10
@@ -392,14 +402,14 @@ def test_filter_padded_chunks_and_threads_do_not_change_results(monkeypatch):
     imgs = rng.standard_normal((m, n, n)).astype(np.float32)
     shifts = rng.uniform(-2, 2, (m, 2))
     p = ctf.sample_ctf_params(m, seed=5)
-    monkeypatch.setattr(threads, "_n_threads", lambda: 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     many = image_ops._filter_padded(imgs, shifts=shifts, ctf_params=p, pixel_size=4.0)
     for i in (0, 500, 1099):
         one = image_ops._filter_padded(imgs[i:i + 1], shifts=shifts[i:i + 1], pixel_size=4.0,
                                      ctf_params={k: (v[i:i + 1] if np.ndim(v) else v)
                                                  for k, v in p.items()})
         np.testing.assert_allclose(many[i], one[0], atol=1e-6)
-    monkeypatch.setattr(threads, "_n_threads", lambda: 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     np.testing.assert_array_equal(
         image_ops._filter_padded(imgs, shifts=shifts, ctf_params=p, pixel_size=4.0), many)
     with pytest.raises(ValueError):
@@ -416,7 +426,7 @@ def test_run_chunks_covers_each_item_once(total, chunk, n_threads):
         assert 0 < b1 - b0 <= chunk
         seen[b0:b1] += 1
 
-    threads._run_chunks(total, chunk, fn, threads=n_threads)
+    threads.run_chunks(total, chunk, fn, n_threads=n_threads)
     np.testing.assert_array_equal(seen, 1)
 
 
