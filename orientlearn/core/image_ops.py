@@ -22,6 +22,7 @@ from .threads import run_chunks
 __all__ = [
     "shift_images", "add_noise", "snr_db_to_sigma2", "sigma2_to_snr_db", "downsample",
     "normalize_images", "rotate_images", "mirror_images", "apply_image_transform",
+    "rotate_quarter_turns", "transform_images", "transform_quaternion", "image_transform_quaternion",
     "crop_or_pad",
 ]
 
@@ -217,16 +218,45 @@ def mirror_images(images):
     return np.ascontiguousarray(_centred_flip(np.asarray(images), axis=-2))
 
 
-def _rotate_quarter(img, k):
-    """Exact rotation by ``k * pi / 2`` CCW in (x, y) about ``N // 2`` of ``(..., N, N)``."""
-    k %= 4
+def rotate_quarter_turns(images, k):
+    """Exact rotation of images ``(..., N, N)`` by ``k`` quarter turns counter-clockwise
+    in ``(x, y)`` about the pixel ``(N // 2, N // 2)`` (a pixel permutation; for even
+    ``N`` the first row / column wraps): the projection of
+    ``in_plane_quaternion(k pi / 2) * q`` when the input is that of ``q``. Same dtype."""
+    img = np.asarray(images)
+    k = int(k) % 4
     if k == 0:
         return img.copy()
     if k == 2:
         return _centred_flip(_centred_flip(img, -1), -2)
     t = np.swapaxes(img, -1, -2)
     # k = 1: new[y, x] = old[-x, y];  k = 3: new[y, x] = old[x, -y]
-    return _centred_flip(t, -1 if k == 1 else -2)
+    return np.ascontiguousarray(_centred_flip(t, -1 if k == 1 else -2))
+
+
+def image_transform_quaternion(k, mirror):
+    """The image-side transform ``g = R_z(k pi / 2) [MIRROR]`` (quaternions ``(..., 4)``;
+    ``k`` int or array, ``mirror`` bool or array, broadcast) of ``transform_images``:
+    mirror ``y -> -y`` first when ``mirror``, then ``k`` quarter turns counter-clockwise
+    (the transforms of ``graph.image_transforms(4)`` are ``k = 0..3`` without, then with
+    the mirror)."""
+    g = geometry.in_plane_quaternion(np.asarray(k, dtype=np.float64) * np.pi / 2)
+    gm = geometry.multiply(g, geometry.MIRROR_QUATERNION)
+    return np.where(np.asarray(mirror, bool)[..., None], gm, g)
+
+
+def transform_quaternion(q, k, mirror):
+    """Quaternions ``g q`` ``(..., 4)`` of the images ``transform_images(p, k, mirror)``
+    when ``p`` is the projection of ``q`` (``g = image_transform_quaternion(k, mirror)``)."""
+    return geometry.multiply(image_transform_quaternion(k, mirror), q)
+
+
+def transform_images(images, k, mirror):
+    """Images ``(..., N, N)`` mirrored ``y -> -y`` (if ``mirror``), then turned by ``k``
+    quarter turns counter-clockwise; exact, same dtype. The projection of
+    ``transform_quaternion(q, k, mirror)`` when the input is that of ``q``."""
+    images = mirror_images(images) if mirror else np.asarray(images)
+    return rotate_quarter_turns(images, k)
 
 
 def rotate_images(images, alpha, order=3):
@@ -248,7 +278,7 @@ def rotate_images(images, alpha, order=3):
     for i, a in enumerate(alphas):
         k = a / (np.pi / 2)
         if abs(k - np.round(k)) < 1e-9:
-            out[i] = _rotate_quarter(x[i], int(np.round(k)))
+            out[i] = rotate_quarter_turns(x[i], int(np.round(k)))
             continue
         ca, sa = np.cos(a), np.sin(a)
         xs = ca * gx + sa * gy + n // 2
@@ -259,7 +289,7 @@ def rotate_images(images, alpha, order=3):
 
 def apply_image_transform(images, g, order=3):
     """Apply the image-side transform ``g`` (a quaternion ``(4,)``: ``R_z(alpha)`` or
-    ``R_z(alpha) MIRROR``, as ``recovery.image_transforms`` makes) to images ``(..., N, N)``:
+    ``R_z(alpha) MIRROR``, as ``graph.image_transforms`` makes) to images ``(..., N, N)``:
     the result is the projection of ``g * q`` when the input is that of ``q`` (mirror
     ``y -> -y`` first, then rotation by ``alpha``; exact for multiples of pi/2)."""
     R = geometry.quaternion_to_matrix(np.asarray(g, dtype=np.float64))

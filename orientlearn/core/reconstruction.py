@@ -12,7 +12,6 @@ transform there (direct Fourier inversion, CPU). :func:`reconstruct_astra` is th
 path (ASTRA CGLS/SIRT, needs CUDA).
 """
 import concurrent.futures
-import os
 import threading
 
 import numpy as np

@@ -10,10 +10,10 @@ mirror (true distance pi) and from its rotations (pi/2, pi): DESIGN.md's "mirror
 neighbours".
 
 Conventions: images ``(N, S, S)`` indexed ``img[y, x]`` with the centre at ``S // 2``;
-``np.rot90`` (about that centre) by ``k`` quarter turns is the projection of
-``in_plane_quaternion(-k pi / 2) q`` (``np.rot90`` turns ``+y`` onto ``-x``, clockwise
-in ``(x, y)``); the mirror ``y -> -y`` is the projection of ``MIRROR_QUATERNION q``.
-Both are checked against a real-space projector in ``tests/test_distance.py``.
+the image transforms are ``image_ops.transform_images`` (mirror ``y -> -y``, then ``k``
+counter-clockwise quarter turns: the projection of ``image_ops.transform_quaternion(q,
+k, mirror)``), the same ones recovery uses (``graph.image_transforms``); checked against
+a real-space projector in ``tests/test_distance.py``.
 
 Everything here is pure numpy / TensorFlow; no Scipion.
 """
@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from . import geometry
+from .image_ops import transform_images, transform_quaternion
 from .model_io import _dump_json, _savez, _write_atomic
 from .network import (
     _check_head,
@@ -36,8 +37,8 @@ from .network import (
 )
 
 __all__ = [
-    "train_distance_model", "make_strategy", "symmetric_distance_tf", "rotate_images_90",
-    "ctf_augmentation", "mirror_images", "transform_quaternion", "DEFAULT_AUGMENTATION",
+    "train_distance_model", "make_strategy", "symmetric_distance_tf",
+    "ctf_augmentation", "DEFAULT_AUGMENTATION",
 ]
 
 
@@ -72,45 +73,6 @@ def symmetric_distance_tf(q1, q2, group):
     return 2.0 * tf.acos(tf.clip_by_value(tf.reduce_max(dots, axis=-1), 0.0, 1.0))
 
 
-def rotate_images_90(images, k):
-    """Rotate ``(N, S, S)`` images by ``k`` quarter turns (``np.rot90`` sense) about the
-    pixel ``(S // 2, S // 2)`` (exact for even ``S`` too, a wrapped roll of one row /
-    column). The result is the projection of ``transform_quaternion(q, k, False)``."""
-    images = np.asarray(images)
-    k = int(k) % 4
-    out = np.rot90(images, k, axes=(-2, -1))
-    if images.shape[-1] % 2 == 0:
-        # np.rot90 rotates about (S - 1) / 2; for even S move back to S // 2.
-        if k in (1, 2):
-            out = np.roll(out, 1, axis=-2)
-        if k in (2, 3):
-            out = np.roll(out, 1, axis=-1)
-    return out
-
-
-def mirror_images(images):
-    """Mirror ``y -> -y`` about row ``S // 2`` of ``(N, S, S)`` images: the projection
-    of ``MIRROR_QUATERNION q``."""
-    images = np.asarray(images)
-    out = images[..., ::-1, :]
-    if images.shape[-2] % 2 == 0:
-        out = np.roll(out, 1, axis=-2)
-    return out
-
-
-def transform_quaternion(q, k, mirror):
-    """Quaternions ``(..., 4)`` of the images ``rotate_images_90(p, k)``, then mirrored
-    if ``mirror``: ``g q`` with ``g = [MIRROR] in_plane_quaternion(-k pi / 2)``."""
-    g = geometry.in_plane_quaternion(-np.asarray(k, dtype=np.float64) * np.pi / 2)
-    if np.ndim(mirror) == 0:
-        if mirror:
-            g = geometry.multiply(geometry.MIRROR_QUATERNION, g)
-    else:
-        gm = geometry.multiply(geometry.MIRROR_QUATERNION, g)
-        g = np.where(np.asarray(mirror, bool)[..., None], gm, g)
-    return geometry.multiply(g, q)
-
-
 def ctf_augmentation(pixel_size, defocus_range=(1e4, 3e4), astigmatism=(0.0, 500.0),
                      voltage=300.0, cs=2.7, amplitude_contrast=0.1):
     """A ``ctf`` hook for ``train_distance_model``'s ``augmentation``: multiplies each
@@ -142,8 +104,7 @@ def _augment_batch(clean, quats, aug, rng):
         for m in (False, True):
             sel = (ks == k) & (ms == m)
             if sel.any():
-                t = rotate_images_90(clean[sel], k)
-                out[sel] = mirror_images(t) if m else t
+                out[sel] = transform_images(clean[sel], k, m)
     q = transform_quaternion(quats, ks, ms)
     s = int(aug.get("max_shift") or 0)
     if s > 0:

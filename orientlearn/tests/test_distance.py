@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage
 
 from orientlearn.core import geometry
-from orientlearn.core import model_io, network, training
+from orientlearn.core import graph, image_ops, model_io, network, training
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
@@ -57,30 +57,35 @@ def volume():
 
 @pytest.mark.parametrize("size", [15, 16])
 def test_image_transforms_match_quaternion_convention(size):
-    """rotate_images_90 / mirror_images of a projection equal the projection of the
-    transformed quaternion (transform_quaternion), for odd and even box sizes."""
+    """transform_images (mirror, then k quarter turns) of a projection equals the
+    projection of the transformed quaternion (transform_quaternion), for odd and even box
+    sizes, with the same transforms recovery uses (graph.image_transforms)."""
     vol = blob_volume(size, seed=5)
     q = geometry.uniform_quaternions(3, seed=1)
     p = project(vol, q)
     scale = np.abs(p).max()
+    transforms = graph.image_transforms(4, mirror=True)[0]
     for k in range(4):
         for m in (False, True):
-            img = training.rotate_images_90(p, k)
-            img = training.mirror_images(img) if m else img
-            ref = project(vol, training.transform_quaternion(q, k, m))
+            img = image_ops.transform_images(p, k, m)
+            ref = project(vol, image_ops.transform_quaternion(q, k, m))
             assert np.abs(img - ref).max() < 1e-6 * scale, (k, m)
-    try:                                    # the imaging module's general rotation agrees
-        from orientlearn.core import image_ops
-    except ImportError:
-        image_ops = None
-    if image_ops is not None and hasattr(image_ops, "rotate_images"):
-        for k in range(4):
-            np.testing.assert_allclose(training.rotate_images_90(p, k),
-                                       image_ops.rotate_images(p, -k * np.pi / 2), atol=1e-5 * scale)
-            np.testing.assert_allclose(training.mirror_images(p), image_ops.mirror_images(p), atol=0)
-    # The opposite sign convention would fail: a quarter turn is not its own inverse.
-    wrong = project(vol, geometry.multiply(geometry.in_plane_quaternion(np.pi / 2), q))
-    assert np.abs(training.rotate_images_90(p, 1) - wrong).max() > 0.1 * scale
+            g = image_ops.image_transform_quaternion(k, m)
+            assert np.allclose(np.abs(transforms[k + 4 * m] @ g), 1.0)      # same transform
+            # the general image transform agrees (exact for quarter turns)
+            np.testing.assert_allclose(image_ops.apply_image_transform(p, g), img,
+                                       atol=1e-5 * scale)
+    for k in range(4):                      # the general rotation turns the same way
+        np.testing.assert_allclose(image_ops.rotate_quarter_turns(p, k),
+                                   image_ops.rotate_images(p, k * np.pi / 2), atol=1e-5 * scale)
+    # vectorised over k and mirror
+    ks, ms = np.array([0, 1, 2, 3]), np.array([True, False, True, False])
+    np.testing.assert_allclose(
+        image_ops.transform_quaternion(np.repeat(q[:1], 4, 0), ks, ms),
+        [image_ops.transform_quaternion(q[0], k, m) for k, m in zip(ks, ms)], atol=1e-12)
+    # The opposite sense would fail: a quarter turn is not its own inverse.
+    wrong = project(vol, geometry.multiply(geometry.in_plane_quaternion(-np.pi / 2), q))
+    assert np.abs(image_ops.rotate_quarter_turns(p, 1) - wrong).max() > 0.1 * scale
 
 
 def test_preprocess_standardises():
@@ -212,7 +217,7 @@ def test_training_beats_constant_predictor(projections, head):
     assert len(hist["loss"]) == 4 and all(p > 0 for p in hist["pairs_per_s"])
     # The model's own distances: an image vs its mirror is far, vs itself zero.
     d_self = network.estimate_distances(model, imgs[:20], imgs[:20], head=head)
-    d_mirror = network.estimate_distances(model, imgs[:20], training.mirror_images(imgs[:20]),
+    d_mirror = network.estimate_distances(model, imgs[:20], image_ops.mirror_images(imgs[:20]),
                                        head=head)
     assert d_self.max() < 1e-3
     assert np.median(d_mirror) > 1.0
