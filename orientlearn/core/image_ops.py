@@ -129,13 +129,20 @@ def shift_images(images, shifts):
 
 
 def snr_db_to_sigma2(snr_db, signal_variance=1.0):
-    """Noise variance giving ``snr_db`` (dB) for a signal of variance ``signal_variance``."""
-    return signal_variance / 10.0 ** (np.asarray(snr_db, dtype=np.float64) / 10.0)
+    """Noise variance ``sigma^2`` giving ``snr_db = 10 log10(signal_variance / sigma^2)``
+    (scalar or array). ``simulate_particles`` scales clean projections to unit variance,
+    so the default ``signal_variance = 1`` is what its (and the wizard's) noise means."""
+    out = signal_variance * 10.0 ** (-np.asarray(snr_db, dtype=np.float64) / 10.0)
+    return out[()]
 
 
 def sigma2_to_snr_db(sigma2, signal_variance=1.0):
-    """SNR in dB, ``10 log10(signal_variance / sigma2)``."""
-    return 10.0 * np.log10(signal_variance / np.asarray(sigma2, dtype=np.float64))
+    """Inverse of ``snr_db_to_sigma2``: SNR in dB, ``+inf`` where ``sigma2 <= 0``."""
+    s = np.asarray(sigma2, dtype=np.float64)
+    positive = s > 0
+    out = np.full(s.shape, np.inf)
+    out[positive] = 10.0 * np.log10(signal_variance / s[positive])
+    return out[()]
 
 
 def add_noise(images, sigma2=None, snr_db=None, seed=0, signal_variance=None):

@@ -118,6 +118,5 @@ def simulate_particles(volume, n, image_size=None, symmetry="C1", max_shift=0.0,
     return dict(images=images, clean=clean if return_clean else None, quaternions=quats,
                 shifts=shifts, ctf=ctf_params, pixel_size=pixel_size, scale=scale,
                 sigma2=sigma2,
-                snr_db=None if sigma2 is None else (float(sigma2_to_snr_db(sigma2)) if sigma2 > 0
-                                                    else float("inf")),
+                snr_db=None if sigma2 is None else float(sigma2_to_snr_db(sigma2)),
                 symmetry=symmetry, seed=seed)

@@ -4,22 +4,6 @@ import numpy as np
 from ..core import geometry
 
 
-def snr_db_to_sigma2(snr_db, signal_variance=1.0):
-    """Noise variance giving ``snr_db`` = 10 log10(signal variance / sigma^2).
-
-    ``simulate`` scales clean projections to unit variance, so the default
-    ``signal_variance = 1`` is what its noise parameter means.
-    """
-    return float(signal_variance) * 10.0 ** (-float(snr_db) / 10.0)
-
-
-def sigma2_to_snr_db(sigma2, signal_variance=1.0):
-    """Inverse of ``snr_db_to_sigma2``."""
-    if sigma2 <= 0:
-        return float("inf")
-    return 10.0 * np.log10(float(signal_variance) / float(sigma2))
-
-
 def projection_variance(volume, n_views=16, seed=0):
     """Mean pixel variance of ``n_views`` random projections of ``volume (N, N, N)``.
 

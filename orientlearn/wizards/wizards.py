@@ -21,6 +21,7 @@ class NoiseWizard(pwizard.Wizard):
     _targets = [(OrientLearnProtSimulate, ["sigma2", "snrDb"])]
 
     def show(self, form, *args):
+        from ..core import image_ops
         prot = form.protocol
         try:
             volume, _ = _volume_array(prot)
@@ -28,10 +29,10 @@ class NoiseWizard(pwizard.Wizard):
             dialog.showWarning("Noise", str(e), form.root)
             return
         if prot.noiseMode.get() == 2:
-            sigma2 = helpers.snr_db_to_sigma2(prot.snrDb.get())
+            sigma2 = image_ops.snr_db_to_sigma2(prot.snrDb.get())
         else:
             sigma2 = prot.sigma2.get()
-        snr = helpers.sigma2_to_snr_db(sigma2)
+        snr = image_ops.sigma2_to_snr_db(sigma2)
         form.setVar("sigma2", round(sigma2, 4))
         form.setVar("snrDb", round(snr, 2))
         self._preview(volume, sigma2, prot.imageSize.get() or None, snr)
