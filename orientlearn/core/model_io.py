@@ -10,7 +10,8 @@ import numpy as np
 from .network import _keras, _scale_norm_class
 
 __all__ = [
-    "save_distance_model", "load_distance_model",
+    "save_distance_model", "load_distance_model", "train_validation_split",
+    "validation_indices",
 ]
 
 
@@ -93,17 +94,25 @@ def load_distance_model(path):
     return model, meta
 
 
-def validation_indices(set_sizes, validation_fraction=0.2, seed=0):
-    """The particles ``train_distance_model`` holds out, per training set.
+def train_validation_split(set_sizes, validation_fraction=0.2, seed=0):
+    """The split of ``train_distance_model``: per training set, the particles it trains on
+    and the ones it holds out (a random ``validation_fraction`` of the set, rounded).
 
-    ``set_sizes``: an int or a list of ints (particles per set). Returns a list of sorted
-    index arrays, one per set: the same split ``train_distance_model`` makes with the same
-    ``validation_fraction`` and ``seed`` (so held-out particles can be evaluated later).
+    ``set_sizes``: an int or a list of ints (particles per set). Returns a list, one per
+    set, of ``(train, validation)`` sorted index arrays; the same ``seed`` gives the same
+    split (so held-out particles can be evaluated later).
     """
     sizes = [set_sizes] if np.isscalar(set_sizes) else list(set_sizes)
     split_rng = np.random.default_rng([seed, 1])
     out = []
     for n in sizes:
         perm = split_rng.permutation(int(n))
-        out.append(np.sort(perm[:int(round(validation_fraction * n))]))
+        n_val = int(round(validation_fraction * n))
+        out.append((np.sort(perm[n_val:]), np.sort(perm[:n_val])))
     return out
+
+
+def validation_indices(set_sizes, validation_fraction=0.2, seed=0):
+    """The particles ``train_distance_model`` holds out, per training set: the validation
+    halves of ``train_validation_split`` (a list of sorted index arrays)."""
+    return [val for _, val in train_validation_split(set_sizes, validation_fraction, seed)]

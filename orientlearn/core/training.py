@@ -26,7 +26,7 @@ import numpy as np
 
 from . import geometry
 from .image_ops import transform_images, transform_quaternion
-from .model_io import _dump_json, _savez, _write_atomic
+from .model_io import _dump_json, _savez, _write_atomic, train_validation_split
 from .network import (
     _check_head,
     _cosine_to_distance_tf,
@@ -270,9 +270,9 @@ def train_distance_model(images, quaternions, symmetry="C1", architecture="resne
         raise ValueError(f"batch_size {batch_size} must divide among {n_rep} replicas")
 
     # Clean images standardised once; split each set by particle.
-    split_rng = np.random.default_rng([seed, 1])
     clean, quats, train_pools, val_pools = [], [], [], []
-    for imgs, q in zip(image_sets, quat_sets):
+    splits = train_validation_split([len(x) for x in image_sets], validation_fraction, seed)
+    for imgs, q, (train_idx, val_idx) in zip(image_sets, quat_sets, splits):
         imgs = np.asarray(imgs)
         if imgs.ndim != 3 or imgs.shape[1] != imgs.shape[2]:
             raise ValueError(f"images must be (N, S, S) square, got {imgs.shape}")
@@ -281,12 +281,10 @@ def train_distance_model(images, quaternions, symmetry="C1", architecture="resne
             raise ValueError(f"quaternions must be ({len(imgs)}, 4), got {q.shape}")
         clean.append(preprocess_images(imgs)[..., 0])
         quats.append(geometry.normalize(q))
-        perm = split_rng.permutation(len(imgs))
-        n_val = int(round(validation_fraction * len(imgs)))
-        if n_val and (n_val < 2 or len(imgs) - n_val < 2):
+        if len(val_idx) and (len(val_idx) < 2 or len(train_idx) < 2):
             raise ValueError("Too few particles for this validation_fraction.")
-        val_pools.append(np.sort(perm[:n_val]))
-        train_pools.append(np.sort(perm[n_val:]))
+        val_pools.append(val_idx)
+        train_pools.append(train_idx)
     n_train = np.array([len(p) for p in train_pools], float)
     set_prob = n_train / n_train.sum()
     per_batch_distinct = batch_size - int(round(batch_size * aug["copy_fraction"]))

@@ -318,3 +318,5 @@ def test_validation_indices_match_training_split():
     assert np.array_equal(a[0], np.sort(rng.permutation(100)[:20]))
     assert np.array_equal(a[1], np.sort(rng.permutation(40)[:8]))
     assert not np.array_equal(a[0], model_io.validation_indices(100, 0.2, seed=4)[0])
+    for (train, val), n in zip(model_io.train_validation_split([100, 40], 0.2, seed=3), [100, 40]):
+        assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(n))
