@@ -1,4 +1,5 @@
 """Names shared by the Scipion layer of orientlearn."""
+from .core import network, recovery
 
 # Plugin variables (read from the environment or Scipion's config)
 ORIENTLEARN_GPU = "ORIENTLEARN_GPU"          # default GPU ids for TensorFlow, "" = CPU
@@ -26,10 +27,11 @@ NOISE_SNR = 2
 RECONSTRUCT_FOURIER = 0
 RECONSTRUCT_ASTRA = 1
 
-ARCHITECTURES = ["resnet", "paper"]
-LOSSES = ["mse", "mae"]
-DISTANCE_HEADS = ["rotation", "angle"]          # same order as core.distance.DISTANCE_HEADS
-RECOVERY_LOSSES = ["cauchy", "huber", "l2"]
+# Form choices are the core's own lists (the first one is the default).
+ARCHITECTURES = list(network.ARCHITECTURES)
+LOSSES = list(network.PAIR_LOSSES)
+DISTANCE_HEADS = list(network.DISTANCE_HEADS)
+RECOVERY_LOSSES = list(recovery.RECOVERY_LOSSES)
 
 DEMO_MAP = "5j0n.mrc"
 DEMO_MAP_PIXEL_SIZE = 3.667   # Angstrom per voxel of the bundled 5j0n map

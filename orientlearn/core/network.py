@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = [
     "build_embedding_network", "feature_distance", "feature_distance_tf", "preprocess_images",
-    "embed", "estimate_distances", "distance_matrix", "ARCHITECTURES", "DISTANCE_HEADS",
+    "embed", "estimate_distances", "distance_matrix", "ARCHITECTURES", "DISTANCE_HEADS", "PAIR_LOSSES",
     "cosine_to_distance", "angle_to_distance",
 ]
 
@@ -25,6 +25,8 @@ ARCHITECTURES = ("resnet", "paper")
 #: How the cosine ``c`` of the angle between two feature vectors becomes a distance:
 #: ``'rotation'``: ``arccos((3 c - 1) / 2)``; ``'angle'``: ``arccos(c)`` (the paper's d_f).
 DISTANCE_HEADS = ("rotation", "angle")
+#: Losses of the training pairs (eq. 5): squared or absolute distance error.
+PAIR_LOSSES = ("mse", "mae")
 
 
 def _tf():

@@ -52,9 +52,11 @@ from .graph import build_graph, edge_weights
 from .spectral import _spectral, resolve_ambiguity
 
 __all__ = [
-    "recover_orientations", "recover_from_features", "orientation_loss",
+    "recover_orientations", "recover_from_features", "orientation_loss", "RECOVERY_LOSSES",
 ]
 
+#: Robust losses rho of the residuals d_q - d_hat (the first is the product default).
+RECOVERY_LOSSES = ("cauchy", "huber", "l2")
 
 _MIN_SIN = 1e-3   # cap of the arccos derivative near d = 0 (d < ~2e-3 rad)
 
@@ -71,7 +73,7 @@ def _robust(r, loss, scale):
     if loss == "cauchy":
         t = (r / scale) ** 2
         return scale * scale * np.log1p(t), 2 * r / (1 + t)
-    raise ValueError(f"unknown loss {loss!r}")
+    raise ValueError(f"unknown loss {loss!r}; choose from {RECOVERY_LOSSES}")
 
 
 class _Edges:

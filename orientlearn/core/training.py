@@ -28,6 +28,7 @@ from . import geometry
 from .image_ops import transform_images, transform_quaternion
 from .model_io import _dump_json, _savez, _write_atomic, train_validation_split
 from .network import (
+    PAIR_LOSSES,
     _check_head,
     _cosine_to_distance_tf,
     _keras,
@@ -255,8 +256,8 @@ def train_distance_model(images, quaternions, symmetry="C1", architecture="resne
     """
     tf = _tf()
     keras = _keras()
-    if loss not in ("mse", "mae"):
-        raise ValueError("loss must be 'mse' or 'mae'")
+    if loss not in PAIR_LOSSES:
+        raise ValueError(f"loss must be one of {PAIR_LOSSES}, got {loss!r}")
     aug = dict(DEFAULT_AUGMENTATION)
     aug.update(augmentation or {})
     unknown = set(aug) - set(DEFAULT_AUGMENTATION)

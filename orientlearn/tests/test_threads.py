@@ -1,6 +1,9 @@
 """The one thread policy (core/threads.py): an explicit count, else the usable cores at
 most OMP_NUM_THREADS (what resources.limit_threads sets), else a caller's cap."""
 from orientlearn.core import threads
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 
 def test_precedence(monkeypatch):
