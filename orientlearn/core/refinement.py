@@ -39,7 +39,7 @@ from . import geometry, projection
 from .ctf import ctf_2d_batch
 from .fsc import fsc, resolution_at
 from .reconstruction import reconstruct_fourier, soft_spherical_mask
-from .threads import _n_threads
+from .threads import thread_count
 
 __all__ = ["RefinementSettings", "RefinementResult", "LocalRefiner", "refine_particles",
            "figure_of_merit", "band_limit_from_fsc", "neighbourhood", "START_SHIFTS"]
@@ -256,7 +256,7 @@ class LocalRefiner:
         mask = soft_spherical_mask(self.size, self.mask_radius)
         done = [0]
         lock = threading.Lock()
-        threads = s.n_threads or _n_threads()
+        threads = thread_count(s.n_threads)
         for h in (0, 1):
             spectrum = projection.prepare_volume(self.half_maps[h] * mask, interleave=False)
             idx = np.flatnonzero(self.halves == h)
