@@ -114,20 +114,22 @@ class OrientLearnProtRefine(OrientLearnProtBase, ProtRefine3D):
         self._addResourceParams(form, gpu=False)
 
     def _insertAllSteps(self):
-        self._insertFunctionStep(self.refineStep, needsGPU=False)
-        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+        self._acquireRunLock()
+        signature = self._stepSignature()
+        self._insertFunctionStep(self.refineStep, signature, needsGPU=False)
+        self._insertFunctionStep(self.createOutputStep, signature, needsGPU=False)
 
     # -------------------------- STEPS -------------------------------------------
     def _maskRadiusPx(self, parts):
         d = self.maskDiameter.get()
         return None if d is None or d <= 0 else d / 2.0 / parts.getSamplingRate()
 
-    def refineStep(self):
+    def refineStep(self, signature=None):
         from ..core import refinement
         parts = self.inputParticles.get()
         px = parts.getSamplingRate()
-        _, images = convert.read_particle_images(parts)
-        self._checkFinite(images, "Input images")
+        ids, images = convert.read_particle_images(parts)
+        self._checkImages(ids, images, "Input particles")
         _, quats, shifts = convert.particle_orientations(parts)
         ctf = convert.particle_ctfs(parts) if self.doCtf else None
         start_map = None
@@ -163,7 +165,7 @@ class OrientLearnProtRefine(OrientLearnProtBase, ProtRefine3D):
                   f"{len(res.history)} iterations: half-map FSC0.143 {res.resolution:.2f} A, "
                   f"FSC0.5 {res.resolution_05:.2f} A.")
 
-    def createOutputStep(self):
+    def createOutputStep(self, signature=None):
         parts = self.inputParticles.get()
         px = parts.getSamplingRate()
         res = self._loadArrays(RESULT_FILE)
@@ -207,12 +209,10 @@ class OrientLearnProtRefine(OrientLearnProtBase, ProtRefine3D):
     # -------------------------- INFO ---------------------------------------------
     def _validate(self):
         parts = self.inputParticles.get()
-        errors = self._validateParticles(parts, "Input particles", needOrientations=True,
-                                         minCount=10)
-        try:
-            geometry.symmetry_group(self.symmetryGroup.get())
-        except ValueError as e:
-            errors.append(str(e))
+        errors = self._validateNotRunning()
+        errors += self._validateParticles(parts, "Input particles", needOrientations=True,
+                                          minCount=10)
+        errors += self._validateSymmetry(self.symmetryGroup.get())
         if self.minIterations.get() > self.maxIterations.get():
             errors.append(f"Minimum iterations ({self.minIterations.get()}) is larger than "
                           f"the maximum ({self.maxIterations.get()}).")
@@ -230,13 +230,7 @@ class OrientLearnProtRefine(OrientLearnProtBase, ProtRefine3D):
                 errors.append(f"Offset search range {self.maxShift.get():g} px is over a "
                               f"quarter of the box ({box} px): re-centre or re-extract the "
                               "particles first.")
-        vol = self.inputVolume.get()
-        if vol is not None:
-            fn = convert.clean_path(vol.getFileName() or "")
-            if not fn or not os.path.exists(fn):
-                errors.append(f"The starting map file {fn} is missing.")
-            if not vol.getSamplingRate() or vol.getSamplingRate() <= 0:
-                errors.append("The starting map has no sampling rate: set it on import.")
+        errors += self._validateVolume(self.inputVolume.get(), "Starting map")
         return errors
 
     def _summary(self):

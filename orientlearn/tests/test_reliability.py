@@ -327,3 +327,79 @@ class TestReliability(BaseTest):
         self.assertEqual(len(model.getHistory()["loss"]), done + 2)
         log = open(train.getLogPaths()[0]).read()
         self.assertIn(f"Resuming from the checkpoint of epoch {done}", log)
+
+    # ---- input data survives every protocol that copies particles ----------------------
+    def _records(self, parts, attrs=()):
+        """{id: (shift x, shift y, defocus U, V, angle, voltage, *attrs)} of a set."""
+        shifts = convert.particle_shifts(parts)
+        out = {}
+        for p, sh in zip(parts.iterItems(orderBy="id"), shifts):
+            ctf = p.getCTF()
+            out[p.getObjId()] = (round(float(sh[0]), 5), round(float(sh[1]), 5),
+                                 ctf.getDefocusU(), ctf.getDefocusV(), ctf.getDefocusAngle(),
+                                 p.getAcquisition().getVoltage(),
+                                 p.getLocation()) + tuple(
+                round(float(getattr(p, a).get()), 6) for a in attrs)
+        return out
+
+    def _untrainedModel(self, pixel_size):
+        """A tiny untrained distance model, imported (what recover needs to run)."""
+        from orientlearn.core import model_io, network
+        path = os.path.abspath(self.proj.getPath("untrained.keras"))
+        model = network.build_embedding_network("resnet", n_features=8, seed=0)
+        model_io.save_distance_model(model, path, dict(image_size=32, pixel_size=pixel_size,
+                                                       symmetry="C1", head="rotation"))
+        imp = self.newProtocol(OrientLearnProtImportModel, modelFile=path)
+        self.launchProtocol(imp)
+        return imp.outputModel
+
+    @pytest.mark.slow
+    def test_copies_keep_shifts_ctf_ids_and_attributes(self):
+        from orientlearn.protocols import OrientLearnProtAspire, OrientLearnProtRefine
+        from orientlearn.protocols.protocol_aspire import QUATERNIONS_FILE
+        from orientlearn.protocols.protocol_compare import ERROR_ATTR
+        from orientlearn.protocols.protocol_recover import CONFIDENCE_ATTR
+        sim = self._simulate(40, noiseMode=1, sigma2=1.0, maxShift=2.0, doCtf=True, seed=12)
+        source = self._records(sim.outputParticles)
+        self.assertGreater(max(abs(r[0]) + abs(r[1]) for r in source.values()), 0.5)
+        model = self._untrainedModel(sim.outputParticles.getSamplingRate())
+
+        recover = self.newProtocol(OrientLearnProtRecover, inputParticles=sim.outputParticles,
+                                   inputModel=model, nNeighbors=8, nRandom=2, nSteps=20,
+                                   restarts=1)
+        self.launchProtocol(recover)
+        recovered = self._records(recover.outputParticles, [CONFIDENCE_ATTR])
+        self.assertEqual({k: v[:7] for k, v in recovered.items()}, source)
+
+        compare = self.newProtocol(OrientLearnProtCompare,
+                                   inputParticles=recover.outputParticles,
+                                   referenceParticles=sim.outputParticles)
+        self.launchProtocol(compare)
+        compared = self._records(compare.outputParticles, [CONFIDENCE_ATTR, ERROR_ATTR])
+        self.assertEqual({k: v[:8] for k, v in compared.items()}, recovered)
+
+        # The attributes of an earlier protocol survive a later one.
+        again = self.newProtocol(OrientLearnProtRecover, inputParticles=compare.outputParticles,
+                                 inputModel=model, nNeighbors=8, nRandom=2, nSteps=20,
+                                 restarts=1)
+        self.launchProtocol(again)
+        kept = self._records(again.outputParticles, [ERROR_ATTR])
+        self.assertEqual(kept, {k: v[:7] + v[8:] for k, v in compared.items()})
+
+        refine = self.newProtocol(OrientLearnProtRefine, inputParticles=compare.outputParticles,
+                                  maxIterations=1, minIterations=1, levels=1, maxShift=1.0)
+        self.launchProtocol(refine)
+        refined = self._records(refine.outputParticles, [CONFIDENCE_ATTR, ERROR_ATTR])
+        # Offsets are refined (its job); all else is the input's.
+        self.assertEqual({k: v[2:] for k, v in refined.items()},
+                         {k: v[2:] for k, v in compared.items()})
+
+        # ASPIRE's output step (ASPIRE itself is not needed to check what it copies).
+        aspire = self.newProtocol(OrientLearnProtAspire, inputParticles=compare.outputParticles)
+        self.proj._setupProtocol(aspire)
+        aspire.makePathsAndClean()
+        np.savez(aspire._getExtraPath(QUATERNIONS_FILE), ids=np.array(sorted(compared)),
+                 quaternions=geometry.uniform_quaternions(len(compared), seed=1))
+        aspire.createOutputStep()
+        self.assertEqual(self._records(aspire.outputParticles, [CONFIDENCE_ATTR, ERROR_ATTR]),
+                         compared)
