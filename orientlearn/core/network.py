@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = [
     "build_embedding_network", "feature_distance", "feature_distance_tf", "preprocess_images",
-    "embed", "estimate_distances", "distance_matrix", "ARCHITECTURES", "DISTANCE_HEADS", "PAIR_LOSSES",
+    "embed", "estimate_distances", "distance_matrix", "ARCHITECTURES", "DISTANCE_HEADS", "DEFAULT_HEAD", "PAIR_LOSSES",
     "cosine_to_distance", "angle_to_distance",
 ]
 
@@ -25,6 +25,8 @@ ARCHITECTURES = ("resnet", "paper")
 #: How the cosine ``c`` of the angle between two feature vectors becomes a distance:
 #: ``'rotation'``: ``arccos((3 c - 1) / 2)``; ``'angle'``: ``arccos(c)`` (the paper's d_f).
 DISTANCE_HEADS = ("rotation", "angle")
+#: The product default head, everywhere a head is a parameter.
+DEFAULT_HEAD = "rotation"
 #: Losses of the training pairs (eq. 5): squared or absolute distance error.
 PAIR_LOSSES = ("mse", "mae")
 
@@ -141,7 +143,7 @@ def _check_head(head):
         raise ValueError(f"Unknown distance head {head!r}; choose from {DISTANCE_HEADS}.")
 
 
-def cosine_to_distance(cos, head="angle"):
+def cosine_to_distance(cos, head=DEFAULT_HEAD):
     """Distance (radians, ``[0, pi]``) from the cosine similarity of two feature vectors.
 
     ``'angle'`` (the paper's ``d_f``): ``arccos(c)``. Its Gram matrix is positive
@@ -159,13 +161,13 @@ def cosine_to_distance(cos, head="angle"):
     return np.arccos(c)
 
 
-def angle_to_distance(angle, head="angle"):
+def angle_to_distance(angle, head=DEFAULT_HEAD):
     """``cosine_to_distance`` of ``cos(angle)``: maps feature angles (radians) to
     distances; the identity for the ``'angle'`` head."""
     return cosine_to_distance(np.cos(np.asarray(angle, dtype=np.float64)), head)
 
 
-def feature_distance(fa, fb, head="angle"):
+def feature_distance(fa, fb, head=DEFAULT_HEAD):
     """Distance (radians, in ``[0, pi]``) between feature vectors ``(..., F)``
     (broadcast): ``cosine_to_distance`` of their cosine similarity."""
     fa = np.asarray(fa, dtype=np.float64)
@@ -185,7 +187,7 @@ def _cosine_to_distance_tf(cos, head, eps=1e-6):
     return tf.acos(tf.clip_by_value(cos, -1.0 + eps, 1.0 - eps))
 
 
-def feature_distance_tf(fa, fb, eps=1e-6, head="angle"):
+def feature_distance_tf(fa, fb, eps=1e-6, head=DEFAULT_HEAD):
     """TensorFlow ``feature_distance``, finite gradients (see ``_cosine_to_distance_tf``)."""
     _check_head(head)
     tf = _tf()
@@ -193,7 +195,7 @@ def feature_distance_tf(fa, fb, eps=1e-6, head="angle"):
     return _cosine_to_distance_tf(cos, head, eps)
 
 
-def distance_matrix(features, head="angle"):
+def distance_matrix(features, head=DEFAULT_HEAD):
     """All-pairs distances of features ``(N, F)`` -> ``(N, N)`` float32 radians, zero
     diagonal."""
     f = np.asarray(features, dtype=np.float64)
@@ -242,7 +244,7 @@ def embed(model, images, batch_size=256, progress=None):
     return np.concatenate(out).astype(np.float32)
 
 
-def estimate_distances(model, images_a, images_b, batch_size=256, head="angle"):
+def estimate_distances(model, images_a, images_b, batch_size=256, head=DEFAULT_HEAD):
     """``d_hat`` (radians) of the pairs ``(images_a[i], images_b[i])`` -> ``(N,)``."""
     if len(images_a) != len(images_b):
         raise ValueError("images_a and images_b must have the same length")

@@ -28,6 +28,7 @@ from . import geometry
 from .image_ops import transform_images, transform_quaternion
 from .model_io import _dump_json, _savez, _write_atomic, train_validation_split
 from .network import (
+    DEFAULT_HEAD,
     PAIR_LOSSES,
     _check_head,
     _cosine_to_distance_tf,
@@ -134,7 +135,7 @@ def _draw_batch(clean, quats, pool, batch_size, aug, rng):
 
 
 def _pair_loss_tf(features, quats, group, loss="mse", weighting="density",
-                  min_weight_distance=0.25, n_bins=16, head="angle"):
+                  min_weight_distance=0.25, n_bins=16, head=DEFAULT_HEAD):
     """Weighted loss over all ``B (B - 1) / 2`` pairs of one batch.
 
     Returns ``(loss, d_hat, d_true, weights)``; the weights sum to 1 so the loss is a
@@ -218,7 +219,7 @@ def train_distance_model(images, quaternions, symmetry="C1", architecture="resne
                          validation_fraction=0.2, patience=5, augmentation=None,
                          checkpoint_dir=None, seed=0, steps_per_epoch=None,
                          validation_batches=None, progress=None, strategy=None, model=None,
-                         head="angle"):
+                         head=DEFAULT_HEAD):
     """Train ``G`` so that ``d_f(G(p_i), G(p_j)) ~ min_S d_q(q_i, q_j S)``.
 
     images: ``(N, S, S)`` array, or a list of such arrays (several proteins / data sets;
@@ -246,7 +247,7 @@ def train_distance_model(images, quaternions, symmetry="C1", architecture="resne
         ``batch_size / replicas`` images of the batch and supervises the pairs among them.
     model: continue training this model instead of building a new one.
     head: how feature cosines become distances (``DISTANCE_HEADS``,
-        ``cosine_to_distance``); ``'rotation'`` has no plateau at large distances. Store
+        ``cosine_to_distance``); ``'rotation'`` (the default) has no plateau at large distances. Store
         it with the model (``save_distance_model`` metadata ``head``): embeddings must be
         read with the head they were trained with.
 

@@ -102,15 +102,29 @@ def test_preprocess_standardises():
 def test_feature_distance_range_and_matrix():
     rng = np.random.default_rng(1)
     f = rng.standard_normal((20, 8))
-    d = network.feature_distance(f[:, None], f[None])
+    d = network.feature_distance(f[:, None], f[None], "angle")
     assert d.shape == (20, 20)
     assert np.all(d >= 0) and np.all(d <= np.pi)
     np.testing.assert_allclose(np.diag(d), 0, atol=1e-6)
-    np.testing.assert_allclose(network.feature_distance(f, -f), np.pi, atol=1e-6)
-    np.testing.assert_allclose(network.distance_matrix(f), d, atol=1e-5)
+    np.testing.assert_allclose(network.feature_distance(f, -f, "angle"), np.pi, atol=1e-6)
+    np.testing.assert_allclose(network.distance_matrix(f, "angle"), d, atol=1e-5)
     import tensorflow as tf
-    dtf = network.feature_distance_tf(tf.constant(f[:5], tf.float32), tf.constant(f[5:10], tf.float32))
-    np.testing.assert_allclose(dtf.numpy(), network.feature_distance(f[:5], f[5:10]), atol=2e-3)
+    fa, fb = tf.constant(f[:5], tf.float32), tf.constant(f[5:10], tf.float32)
+    for head in network.DISTANCE_HEADS:
+        dtf = network.feature_distance_tf(fa, fb, head=head)
+        np.testing.assert_allclose(dtf.numpy(), network.feature_distance(f[:5], f[5:10], head),
+                                   atol=2e-3)
+    # The product default head is 'rotation' in every function that takes a head.
+    assert network.DEFAULT_HEAD == "rotation" == network.DISTANCE_HEADS[0]
+    np.testing.assert_array_equal(network.feature_distance(f[:5], f[5:10]),
+                                  network.feature_distance(f[:5], f[5:10], "rotation"))
+    np.testing.assert_array_equal(network.distance_matrix(f), network.distance_matrix(f, "rotation"))
+    np.testing.assert_array_equal(network.angle_to_distance(1.0), network.angle_to_distance(1.0, "rotation"))
+    import inspect
+    for fn in (network.cosine_to_distance, network.angle_to_distance, network.feature_distance,
+               network.feature_distance_tf, network.distance_matrix, network.estimate_distances,
+               training._pair_loss_tf, training.train_distance_model):
+        assert inspect.signature(fn).parameters["head"].default == "rotation", fn.__name__
 
 
 def test_rotation_head_is_exact_on_rotation_matrix_features():
