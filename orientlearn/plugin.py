@@ -127,10 +127,11 @@ class Plugin(pwem.Plugin):
             return []
         if importlib.util.find_spec("tensorflow") is not None:
             return []
-        return ["orientlearn needs TensorFlow. Install the plugin's environment (plugin "
-                "manager, or: scipion3 installb orientlearn), or TensorFlow in Scipion's "
-                "Python (scipion3 pip install 'tensorflow-cpu>=2.18,<2.19'). "
-                f"Expected {cls.getProgram()} or an importable tensorflow."]
+        message = ("orientlearn needs TensorFlow. Install the plugin's environment (plugin "
+                   "manager, or: scipion3 installb orientlearn), or TensorFlow in Scipion's "
+                   "Python (scipion3 pip install 'tensorflow-cpu>=2.18,<2.19'). "
+                   f"Expected {cls.getProgram()} or an importable tensorflow.")
+        return [message]
 
     @classmethod
     def getDemoMap(cls):

@@ -126,12 +126,41 @@ class TestScipionPlugin(BaseTest):
             if name in WITH_THREADS:
                 self.assertEqual(prot.getDefinition().getParam("numberOfMpi"), None)
 
+    def test_gpu_list_and_use_gpu_set_cuda_visible_devices(self):
+        saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+        try:
+            prot = olprot.OrientLearnProtRecover(gpuList="1 2")
+            from orientlearn.core import resources
+            resources.limit_gpus([7])
+            prot._threadCount = lambda: None   # GPUs only here (threads: test_protocols)
+            prot._configureDevices()
+            self.assertEqual(os.environ["CUDA_VISIBLE_DEVICES"], "1,2")
+            prot.setAttributeValue("useGpu", False)
+            prot._configureDevices()
+            self.assertEqual(os.environ["CUDA_VISIBLE_DEVICES"], "")
+        finally:
+            if saved is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = saved
+
+    def test_orientlearn_gpu_variable_is_the_default_gpu_list(self):
+        saved = orientlearn.Plugin.getVar("ORIENTLEARN_GPU")
+        try:
+            orientlearn.Plugin._vars["ORIENTLEARN_GPU"] = "3,4"
+            self.assertEqual(olprot.OrientLearnProtTrain().gpuList.get(), "3,4")
+            orientlearn.Plugin._vars["ORIENTLEARN_GPU"] = ""
+            self.assertEqual(olprot.OrientLearnProtTrain().gpuList.get(), "0")
+        finally:
+            orientlearn.Plugin._vars["ORIENTLEARN_GPU"] = saved
+
     def test_possible_outputs_complete(self):
         """Every name given to _defineOutputs in a protocol's source is declared."""
         declared = {name: set(cls._possibleOutputs or {})
                     for name, cls in our_protocols().items()}
         for path in glob.glob(os.path.join(os.path.dirname(olprot.__file__), "protocol_*.py")):
-            tree = ast.parse(open(path).read())
+            with open(path) as f:
+                tree = ast.parse(f.read())
             for cls_node in [n for n in tree.body if isinstance(n, ast.ClassDef)]:
                 if cls_node.name not in declared:
                     continue
