@@ -30,13 +30,15 @@ ENV_REQUIREMENTS = ["tensorflow[and-cuda]>=2.18,<2.19", "numpy>=1.26,<2", "scipy
 
 
 class Plugin(pwem.Plugin):
-    """Scipion plugin for orientlearn. Pure Python: nothing to compile or download."""
+    """Scipion plugin for orientlearn. Pure Python; ``scipion3 installb orientlearn``
+    optionally adds an environment of its own (TensorFlow with CUDA, the command line)."""
     # pyworkflow names the plugin and finds its folder (templates, protocols.conf) from
     # the class's module: it is the package's, where Scipion finds it (orientlearn.Plugin).
     __module__ = "orientlearn"
     _url = "https://arxiv.org/abs/2104.06237"
     _processingField = ["SPA"]
     _homeVar = ORIENTLEARN_HOME
+    _supportedVersions = [__version__]   # the environment's folder is orientlearn-<version>
 
     @classmethod
     def _defineVariables(cls):
