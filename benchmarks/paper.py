@@ -21,27 +21,21 @@ the epoch during which ``--train-minutes`` ran out (then the weights are those o
 last epoch, not of the best one).
 """
 import argparse
-import datetime
 import os
-import platform
-import resource
-import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-if REPO not in sys.path:        # run as a script from anywhere
-    sys.path.insert(0, REPO)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from orientlearn.core import (  # noqa: E402
+from orientlearn.benchmarking import (
+    MAP_PATH, BenchmarkRun, downsampled_noise_factor, peak_rss_mb, split_sizes, support_radius,
+    volume_at_size, write_report)
+from orientlearn.core import (
     alignment, alignment_search, centering, ctf, fsc, geometry, graph, image_ops, model_io, network,
-    reconstruction, recovery, refinement, simulation, training, volumes)
+    reconstruction, recovery, refinement, simulation, training)
 
-MAP_PATH = os.path.join(REPO, "orientlearn", "data", "5j0n.mrc")
-PAPER_SPLIT = (2512, 838, 1650)            # train, validation, test (of 5,000)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 #: Paper, 5j0n: median E_OR (rad) and FSC0.5 (A) by sigma^2.
 PAPER = {0.0: dict(median=0.199, fsc05=12.2), 16.0: dict(median=0.255, fsc05=15.2)}
 
@@ -57,76 +51,6 @@ class _Loaded(Exception):
 def _model_path(folder, sigma2, net_size):
     """Where ``--save-model`` writes (and ``--load-model`` reads) a setting's model."""
     return os.path.join(folder, f"5j0n_sigma2_{sigma2:g}_{net_size}px.keras")
-
-
-def peak_rss_mb():
-    """Peak resident memory of this process so far, MB (Linux reports KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def git_commit():
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout
-        return (head or "unknown") + (" (+ uncommitted changes)" if dirty.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def write_report(text, out=None):
-    """Print a benchmark's report and, with ``out``, write the same text to that file."""
-    print(text, end="")
-    if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as fh:
-            fh.write(text)
-
-
-def machine_description():
-    import tensorflow as tf
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return dict(platform=platform.platform(), python=platform.python_version(),
-                cpus=os.cpu_count(), tensorflow=tf.__version__,
-                gpu=", ".join(gpus) if gpus else "none (TF sees no GPU)")
-
-
-def split_sizes(n):
-    """The paper's split proportions scaled to ``n`` particles: (train, val, test)."""
-    total = sum(PAPER_SPLIT)
-    n_test = int(round(n * PAPER_SPLIT[2] / total))
-    n_val = int(round(n * PAPER_SPLIT[1] / total))
-    return n - n_val - n_test, n_val, n_test
-
-
-def volume_at_size(size, map_path=MAP_PATH):
-    """The true map in a ``size`` box and its voxel size (A).
-
-    Larger boxes zero-pad the map (voxel size kept, the paper's 116 px at 3.667 A);
-    smaller ones Fourier-downsample it (coarser voxels)."""
-    vol, voxel = volumes.read_volume(map_path)
-    n0 = vol.shape[0]
-    if size >= n0:
-        return volumes.crop_or_pad_volume(vol, size), voxel
-    return volumes.downsample_volume(vol, size), voxel * n0 / size
-
-
-def downsampled_noise_factor(size, new_size, n_images=64, seed=0):
-    """Variance of unit white noise after ``image_ops.downsample`` from ``size`` to
-    ``new_size`` px (about ``(new_size / size)^2``), measured on a fixed noise sample."""
-    if new_size == size:
-        return 1.0
-    noise = np.random.default_rng(seed).standard_normal((n_images, size, size))
-    return float(np.var(image_ops.downsample(noise.astype(np.float32), new_size)))
-
-
-def support_radius(vol, rel=1e-2):
-    """Radius (voxels) about the box centre enclosing the voxels above ``rel * max``."""
-    n = vol.shape[0]
-    z, y, x = np.nonzero(vol > rel * vol.max())
-    c = n // 2
-    return float(np.sqrt((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2).max())
 
 
 def run_setting(args, sigma2, true_map, pixel_size, log):
@@ -474,7 +398,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    started = datetime.datetime.now().astimezone()
+    run = BenchmarkRun("paper.py", argv, tensorflow=True)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     true_map, pixel_size = volume_at_size(args.size, args.map)
     log(f"map {args.map}: box {args.size}, {pixel_size:.3f} A/px; net on {args.net_size} px")
@@ -483,7 +407,6 @@ def main(argv=None):
         log(f"setting sigma2={s2:g}")
         results.append((s2, run_setting(args, s2, true_map, pixel_size, log)))
 
-    m = machine_description()
     header = (f"## orientlearn paper benchmark: 5j0n, {args.n_particles} particles, "
               f"{args.size} px at {pixel_size:.3f} Å/px (net on {args.net_size} px)"
               + (", CTF + shifts" if args.ctf_shifts else "")
@@ -508,11 +431,7 @@ def main(argv=None):
         f"{args.steps_per_epoch or 'auto'}, train budget {args.train_minutes:g} min/setting, "
         f"training noise {args.train_noise}, head {args.head}, "
         f"recovery steps {args.recovery_steps}, seed {args.seed}",
-        f"- machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, "
-        f"TensorFlow {m['tensorflow']}, GPU: {m['gpu']}",
-        f"- date: {started.isoformat(timespec='seconds')}; git commit: {git_commit()}; "
-        f"peak RSS: {peak_rss_mb():.0f} MB",
-        f"- command: python benchmarks/paper.py {' '.join(sys.argv[1:] if argv is None else argv)}",
+        *run.footer(),
     ]
     text = "\n".join([header, "", table] + notes) + "\n"
     write_report(text, args.out)

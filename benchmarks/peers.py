@@ -51,30 +51,22 @@ Usage::
     python benchmarks/peers.py --smoke [--model tiny_32px.keras]
 """
 import argparse
-import datetime
 import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for p in (REPO, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from orientlearn.core import alignment, geometry, graph, image_ops, recovery  # noqa: E402
-from orientlearn.core.peer_aspire import (  # noqa: E402
+from orientlearn.benchmarking import (
+    MAP_PATH, BenchmarkRun, downsampled_noise_factor, peak_rss_mb, simulate_like_paper,
+    split_sizes, volume_at_size, write_report)
+from orientlearn.core import alignment, geometry, graph, image_ops, recovery
+from orientlearn.core.peer_aspire import (
     ASPIRE_PYTHON_VAR, DEFAULT_CONVENTION, DEFAULT_VENV, AspireUnavailable, choose_convention,
     convention_name, convert, ensure_aspire_venv, has_aspire, run_aspire)
-from paper import (write_report, MAP_PATH, downsampled_noise_factor, git_commit, peak_rss_mb,  # noqa: E402
-                   split_sizes, volume_at_size)
-from train import simulate_like_paper  # noqa: E402
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def paper_test_images(args, sigma2, true_map, pixel_size):
@@ -257,8 +249,7 @@ def _fmt_s2(s2):
 def main(argv=None):
     args = parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    started = datetime.datetime.now().astimezone()
-    load_start = os.getloadavg()[0]
+    run = BenchmarkRun("peers.py", argv)
     try:
         if args.python:
             ok, why = has_aspire(args.python)
@@ -323,7 +314,6 @@ def main(argv=None):
                 rows.append(dict(method=method, model=label, sigma2=s2, cmp=r["cmp"],
                                  seconds=r["seconds"], wall=r["seconds"], rss=r["rss"]))
     runner.shutdown()
-    load_end = os.getloadavg()[0]
 
     d = np.degrees
     lines = [f"## Peers: orientation estimation on the paper benchmark's test particles of "
@@ -357,8 +347,6 @@ def main(argv=None):
                           for s2, (_, path, meta) in sorted(used.items()))
     else:
         models_line = "- our method: not run (no --models / --model given; ASPIRE rows only)"
-    ncpu = os.cpu_count() or 1
-    shared = max(load_start, load_end) > 0.5 * ncpu
     lines += [
         "",
         f"- images: the particles of `benchmarks/paper.py` (same `simulate_particles` call: "
@@ -391,12 +379,7 @@ def main(argv=None):
                f"of the same first {n:,} (ASPIRE's cost grows ~N² to N³, so it gets only "
                f"those {n:,})" if args.ours_all_test else ""))
     lines += [
-        f"- machine: {platform.platform()}, Python {platform.python_version()}, {ncpu} CPUs; "
-        f"CPU load average (1 min) at start / end: {load_start:.2f} / {load_end:.2f}"
-        + (" — the CPU was SHARED with other work, times are pessimistic" if shared else ""),
-        f"- date: {started.isoformat(timespec='seconds')}; git commit: {git_commit()}",
-        f"- command: python benchmarks/peers.py "
-        f"{shlex.join(sys.argv[1:] if argv is None else argv)}",
+        *run.footer(),
     ]
     text = "\n".join(lines) + "\n"
     write_report(text, args.out)

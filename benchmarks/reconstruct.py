@@ -23,27 +23,19 @@ Usage::
     python benchmarks/reconstruct.py --smoke             # tiny (200 at 32 px), seconds
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for p in (REPO, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+import numpy as np
 
-import numpy as np  # noqa: E402
-import scipy  # noqa: E402
-
-from orientlearn.core import fsc, geometry, projection, reconstruction  # noqa: E402
-from orientlearn.core.threads import thread_count, usable_cores  # noqa: E402
-from orientlearn.core.progress import ProgressReporter  # noqa: E402
-from paper import write_report, MAP_PATH, git_commit, peak_rss_mb, support_radius, volume_at_size  # noqa: E402
+from orientlearn.benchmarking import (
+    MAP_PATH, REPO, BenchmarkRun, peak_rss_mb, support_radius, volume_at_size, write_report)
+from orientlearn.core import fsc, geometry, projection, reconstruction
+from orientlearn.core.progress import ProgressReporter
+from orientlearn.core.threads import thread_count
 
 #: The target: this many particles at this box reconstructed in under this many seconds.
 TARGET = dict(particles=5000, box=116, seconds=60.0)
@@ -238,15 +230,13 @@ def main(argv=None):
     if args.worker is not None:
         print(json.dumps(run_size(args, args.worker)))
         return 0
-    started = datetime.datetime.now().astimezone()
-    load = os.getloadavg()
+    run = BenchmarkRun("reconstruct.py", argv)
     results = []
     for n in args.sizes:
         log(f"{n} particles, box {args.box}")
         results.append(run_size(args, n) if args.in_process else run_in_child(argv, n))
 
     pixel_size = results[0]["pixel_size"]
-    usable = usable_cores()
     threads = thread_count(args.threads, reconstruction.MAX_DEFAULT_THREADS)
     header = (f"## orientlearn reconstruction benchmark: 5j0n, {args.box} px at "
               f"{pixel_size:.3f} Å/px, reconstruct_fourier (CPU)"
@@ -274,13 +264,8 @@ def main(argv=None):
         "orientation rotated by exactly that angle about a random axis (seeded, same axes "
         "for every angle); half maps: fsc.half_map_fsc, two random halves; "
         "\"(Nyquist)\": the curve never crossed the threshold",
-        f"- machine: {platform.platform()}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs ({usable} usable), numpy {np.__version__}, scipy "
-        f"{scipy.__version__}; load average at start {load[0]:.2f}",
-        f"- date: {started.isoformat(timespec='seconds')}; git commit: {git_commit()}; "
-        f"seed {args.seed}; peak RSS over all runs: "
-        f"{max(r['rss_all'] for r in results):.0f} MB",
-        f"- command: python benchmarks/reconstruct.py {' '.join(argv)}".rstrip(),
+        *run.footer(peak_rss=False, date_extra=f"seed {args.seed}; peak RSS over all runs: "
+                    f"{max(r['rss_all'] for r in results):.0f} MB"),
     ]
     text = "\n".join([header, "", build_table(args, results)] + notes) + "\n"
     write_report(text, args.out)

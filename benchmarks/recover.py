@@ -26,24 +26,17 @@ Usage::
     python benchmarks/recover.py --smoke                        # tiny, seconds
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for p in (REPO, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from orientlearn.core import alignment, geometry, graph, recovery  # noqa: E402
-from paper import write_report, git_commit, peak_rss_mb  # noqa: E402
+from orientlearn.benchmarking import (
+    REPO, BenchmarkRun, current_rss_mb, peak_rss_mb, write_report)
+from orientlearn.core import alignment, geometry, graph, recovery
 
 CHILD_FLAG = "--child-size"
 
@@ -57,15 +50,6 @@ def quaternion_features(q, transforms, dtype=np.float32):
         Q0 = np.einsum("na,nb->nab", gq, gq) - np.eye(4) / 4
         out[k] = Q0.reshape(len(q), 16) / np.sqrt(0.75)
     return out
-
-
-def current_rss_mb():
-    """Resident memory of this process now, MB (Linux /proc; NaN elsewhere)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-    except (OSError, ValueError, IndexError):
-        return float("nan")
 
 
 def neighbour_recall(features, edges, n_queries, seed=0, block=8):
@@ -166,17 +150,6 @@ def build_table(results):
     return "\n".join(lines)
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000, 100000],
@@ -210,14 +183,11 @@ def main(argv=None):
     if args.child_size is not None:
         print(json.dumps(run_size(args.child_size, args)), flush=True)
         return 0
-    started = datetime.datetime.now().astimezone()
-    load_start = os.getloadavg()
+    run = BenchmarkRun("recover.py", argv)
     results = []
     for P in args.sizes:
         print(f"P = {P}", file=sys.stderr, flush=True)
         results.append(run_child(P, args))
-    load_end = os.getloadavg()
-    import scipy
     header = (f"## orientlearn recovery at scale: exact distances + N(0, {args.noise:g}²) rad, "
               f"{args.n_neighbors} neighbours + {args.n_random} random pairs per particle, "
               f"{args.loss} loss (scale {args.loss_scale:g} rad), "
@@ -234,13 +204,7 @@ def main(argv=None):
         "RSS: before the graph (interpreter, numpy/scipy, truth, features)",
         "- E_OR: median d_q after aligning by a global rotation + handedness (no "
         "ground-truth help beyond that) and by the full O(4) (the paper's number)",
-        f"- machine: {platform.platform()}, {cpu_model()}, {os.cpu_count()} CPUs "
-        f"(load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end: the cores "
-        f"may be shared); Python {platform.python_version()}, numpy {np.__version__}, "
-        f"scipy {scipy.__version__}",
-        f"- date: {started.isoformat(timespec='seconds')}; git commit: {git_commit()}",
-        f"- command: python benchmarks/recover.py "
-        f"{' '.join(sys.argv[1:] if argv is None else argv)}",
+        *run.footer(peak_rss=False),
     ]
     text = "\n".join([header, "", build_table(results)] + notes) + "\n"
     write_report(text, args.out)

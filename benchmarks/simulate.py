@@ -21,35 +21,19 @@ Usage::
     python benchmarks/simulate.py --smoke            # tiny, seconds
 """
 import argparse
-import datetime
 import os
-import shlex
 import sys
 import time
 
+import numpy as np
+
+from orientlearn.benchmarking import MAP_PATH, BenchmarkRun, volume_at_size, write_report
+from orientlearn.core import geometry, projection, simulation
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for p in (REPO, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-import numpy as np  # noqa: E402
-
-from orientlearn.core import geometry, projection, simulation  # noqa: E402
-from paper import (write_report, MAP_PATH, git_commit, machine_description, peak_rss_mb,  # noqa: E402
-                   volume_at_size)
 
 #: The issue's target: this many projections with CTF and noise in under this many seconds.
 TARGET_N, TARGET_S = 5000, 30.0
-
-
-def load_note():
-    """Load average per CPU at this moment: a sign that the CPU was shared."""
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
 
 
 def time_call(fn, repeats):
@@ -119,8 +103,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    started = datetime.datetime.now().astimezone()
-    load_start = load_note()
+    run = BenchmarkRun("simulate.py", argv, tensorflow=True)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     vol, pixel_size = volume_at_size(args.size, args.map)
     log(f"map {args.map}: box {args.size}, {pixel_size:.3f} A/px; N = {args.n}")
@@ -144,34 +127,18 @@ def main(argv=None):
         f"target: {TARGET_N:,} in < {TARGET_S:g} s on 2 CPU cores → {verdict}",)
     rows += astra_rows(args, vol, log)
 
-    m = machine_description()
-    load_end = load_note()
     header = (f"## orientlearn simulation speed: 5j0n, {args.size} px at {pixel_size:.3f} Å/px, "
               f"CPU projector (Fourier slice)"
               + (" [SMOKE RUN: numbers meaningless]" if args.smoke else ""))
     lines = ["| pipeline | N | time (s) | projections/s | note |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    ncpu = m["cpus"] or 1
-    shared = max(load_start, load_end) > 0.5 * ncpu
     notes = [
         "",
         f"- one `simulation.simulate_particles` call per row (orientations, projection, CTF/shifts "
         f"on a 2x padded box, scaling, noise; `return_clean=False`), seed {args.seed}, "
         f"best of {args.repeats}; the volume's FFT is prepared inside each call and counted",
-        f"- machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, "
-        f"TensorFlow {m['tensorflow']}, GPU: {m['gpu']}; ASTRA CUDA: "
-        f"{'yes' if projection.has_cuda() else 'no'}",
-        f"- CPU load average (1 min) at start / end: {load_start:.2f} / {load_end:.2f} on "
-        f"{ncpu} CPUs" + (" — the CPU was SHARED with other work, rates are pessimistic"
-                          if shared else ""),
-    ]
-    if args.note:
-        notes.append(f"- note: {args.note}")
-    notes += [
-        f"- date: {started.isoformat(timespec='seconds')}; git commit: {git_commit()}; "
-        f"peak RSS: {peak_rss_mb():.0f} MB",
-        f"- command: python benchmarks/simulate.py "
-        f"{shlex.join(sys.argv[1:] if argv is None else argv)}",
+        f"- ASTRA CUDA: {'yes' if projection.has_cuda() else 'no'}",
+        *run.footer(note=args.note),
     ]
     text = "\n".join([header, "", *lines, *notes]) + "\n"
     write_report(text, args.out)

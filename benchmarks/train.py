@@ -38,24 +38,18 @@ Usage::
     python benchmarks/train.py --smoke                           # tiny, seconds
 """
 import argparse
-import datetime
 import os
-import shlex
 import sys
 import time
 
+import numpy as np
+
+from orientlearn.benchmarking import (
+    MAP_PATH, BenchmarkRun, downsampled_noise_factor, paper_split, simulate_like_paper,
+    split_sizes, volume_at_size, write_report)
+from orientlearn.core import geometry, model_io, network, training
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for p in (REPO, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-import numpy as np  # noqa: E402
-
-from orientlearn.core import geometry, image_ops, model_io, network, simulation, training  # noqa: E402
-from paper import (write_report, MAP_PATH, downsampled_noise_factor, git_commit, machine_description, peak_rss_mb,  # noqa: E402
-                   split_sizes, volume_at_size)
 
 #: The issue's targets: validation MAE of d_hat (rad) by sigma^2 (the paper's values),
 #: and the time of a full training run on 2 CPU cores (minutes).
@@ -69,36 +63,6 @@ class _TimeUp(Exception):
     """Raised from the training progress callback when the time budget is spent."""
 
 
-def simulate_like_paper(args, sigma2, true_map, pixel_size, with_clean=False):
-    """The particles of ``benchmarks/paper.py``'s ``run_setting``: the SAME
-    ``simulate_particles`` call (seed, noise, CTF/shifts options) and the same
-    downsampling for the network. Returns ``(net_images, quaternions, net_clean)``;
-    ``net_clean`` (the images before noise, for training with fresh noise as paper.py
-    does) is None unless ``with_clean`` and ``sigma2``."""
-    sim = simulation.simulate_particles(
-        true_map, args.n_particles, sigma2=sigma2 or None, seed=args.seed,
-        voxel_size=pixel_size, ctf=True if args.ctf_shifts else None,
-        max_shift=args.max_shift if args.ctf_shifts else 0.0,
-        return_clean=bool(with_clean and sigma2))
-    images, quats = sim["images"], sim["quaternions"]
-
-    def to_net(x):
-        return image_ops.downsample(x, args.net_size) if args.net_size != x.shape[-1] else x
-    clean = None if sim["clean"] is None else to_net(sim["clean"])
-    return to_net(images), quats, clean
-
-
-def paper_split(n, seed):
-    """Indices (train, validation, test) as paper.py uses them: test = the last
-    ``n_test`` particles; validation = what ``train_distance_model`` holds out of the
-    first ``n_train + n_val`` with ``validation_fraction = n_val / (n_train + n_val)``."""
-    n_train, n_val, n_test = split_sizes(n)
-    n_fit = n_train + n_val
-    val = model_io.validation_indices(n_fit, n_val / n_fit, seed=seed)[0]
-    train = np.setdiff1d(np.arange(n_fit), val)
-    return train, val, np.arange(n_fit, n)
-
-
 def random_pairs(n, n_pairs, rng):
     """``n_pairs`` random pairs ``(i, j)``, ``i != j``, of ``n`` items (all pairs if fewer)."""
     if n_pairs >= n * (n - 1) // 2:
@@ -108,7 +72,7 @@ def random_pairs(n, n_pairs, rng):
     return i, j + (j >= i)
 
 
-def pair_metrics(features, quats, n_pairs, seed, head="angle"):
+def pair_metrics(features, quats, n_pairs, seed, head="rotation"):
     """d_hat vs d_q on random pairs: overall numbers and per-bin numbers."""
     i, j = random_pairs(len(features), n_pairs, np.random.default_rng(seed))
     d_hat = network.feature_distance(features[i], features[j], head)
@@ -191,7 +155,7 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
     n_train, n_val, n_test = split_sizes(args.n_particles)
     res["split"] = f"{n_train} / {n_val} / {n_test}"
     t = time.perf_counter()
-    images, quats, clean = simulate_like_paper(args, sigma2, true_map, pixel_size,
+    images, quats, clean, _ = simulate_like_paper(args, sigma2, true_map, pixel_size,
                                                with_clean=not args.model)
     res["t_simulate"] = time.perf_counter() - t
     train_idx, val_idx, test_idx = paper_split(args.n_particles, args.seed)
@@ -408,8 +372,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    started = datetime.datetime.now().astimezone()
-    load_start = os.getloadavg()[0]
+    run = BenchmarkRun("train.py", argv, tensorflow=True)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     true_map, pixel_size = volume_at_size(args.size, args.map)
     log(f"map {args.map}: box {args.size}, {pixel_size:.3f} A/px; net on {args.net_size} px")
@@ -417,16 +380,12 @@ def main(argv=None):
     for s2 in args.sigma2:
         log(f"setting sigma2={s2:g}")
         results.append((s2, run_setting(args, s2, true_map, pixel_size, log)))
-    load_end = os.getloadavg()[0]
 
-    m = machine_description()
     header = (f"## orientlearn distance learning: 5j0n, {args.n_particles} particles, "
               f"{args.size} px at {pixel_size:.3f} Å/px, net on {args.net_size} px"
               + (", CTF + shifts" if args.ctf_shifts else "")
               + (" [SMOKE RUN: numbers meaningless]" if args.smoke else ""))
     table, bins = build_tables(results, args)
-    ncpu = m["cpus"] or 1
-    shared = max(load_start, load_end) > 0.5 * ncpu
     meta = results[0][1].get("meta")
     notes = [
         "",
@@ -466,21 +425,7 @@ def main(argv=None):
                      f"and {args.n_particles} particles as `benchmarks/paper.py` does (the "
                      "metadata of paper.py's models does not record the seed: it must be "
                      "the one of that run)")
-    notes += [
-        f"- machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, "
-        f"TensorFlow {m['tensorflow']}, GPU: {m['gpu']}",
-        f"- CPU load average (1 min) at start / end: {load_start:.2f} / {load_end:.2f} on "
-        f"{ncpu} CPUs" + (" — the CPU was SHARED with other work, times and rates are "
-                          "pessimistic" if shared else ""),
-    ]
-    if args.note:
-        notes.append(f"- note: {args.note}")
-    notes += [
-        f"- date: {started.isoformat(timespec='seconds')}; git commit: {git_commit()}; "
-        f"peak RSS: {peak_rss_mb():.0f} MB",
-        f"- command: python benchmarks/train.py "
-        f"{shlex.join(sys.argv[1:] if argv is None else argv)}",
-    ]
+    notes += run.footer(note=args.note)
     text = "\n".join([header, "", table, "", "MAE of d_hat per bin of d_q, test pairs:", "",
                       bins] + notes) + "\n"
     write_report(text, args.out)

@@ -13,11 +13,11 @@ import pytest
 
 from orientlearn.core import model_io, peer_aspire, simulation, training, volumes
 
-from .benchmark_runner import REPO, run_benchmark
+from orientlearn.benchmarking import MAP_PATH, run_benchmark_script
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
-MAP = os.path.join(REPO, "orientlearn", "data", "5j0n.mrc")
+MAP = MAP_PATH
 
 
 def aspire_python():
@@ -51,7 +51,7 @@ def test_peers_benchmark_smoke(tmp_path):
         pytest.skip("no ASPIRE environment (python -m orientlearn.core.peer_aspire create)")
     paths = tiny_model(str(tmp_path))
     out = tmp_path / "sub" / "peers.md"
-    text = run_benchmark("peers.py", "--python", python, "--workdir", tmp_path / "work",
+    text = run_benchmark_script("peers.py", "--python", python, "--workdir", tmp_path / "work",
                          "--models", f"0={paths[0.0]}", f"16={paths[16.0]}", "--out", out,
                          cwd=tmp_path)
     assert out.read_text() == text

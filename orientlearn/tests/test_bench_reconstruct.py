@@ -1,7 +1,7 @@
 """The reconstruction benchmark must keep running: ``benchmarks/reconstruct.py --smoke``."""
 import re
 
-from .benchmark_runner import run_benchmark
+from orientlearn.benchmarking import run_benchmark_script
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
@@ -32,7 +32,7 @@ def first_number(cell):
 
 def test_reconstruct_benchmark_smoke_prints_the_table(tmp_path):
     out = tmp_path / "sub" / "bench.md"
-    text = run_benchmark("reconstruct.py", "--out", out)
+    text = run_benchmark_script("reconstruct.py", "--out", out)
     assert "| metric | 200 particles |" in text
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in text.splitlines() if line.startswith("| ")}

@@ -6,7 +6,7 @@ never for speed (tests never time things).
 """
 import re
 
-from .benchmark_runner import run_benchmark
+from orientlearn.benchmarking import run_benchmark_script
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
@@ -18,7 +18,7 @@ COLUMNS = ["P", "search", "neighbour recall", "graph (s)", "init (s)", "optimisa
 
 def test_recover_benchmark_smoke_prints_the_table(tmp_path):
     out = tmp_path / "sub" / "recover.md"
-    text = run_benchmark("recover.py", "--out", out)
+    text = run_benchmark_script("recover.py", "--out", out)
     lines = [line for line in text.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].split("|")[1:-1]]
     assert header == COLUMNS

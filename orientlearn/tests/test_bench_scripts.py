@@ -4,14 +4,14 @@ saving a model, then evaluating that model with ``--model``)."""
 import math
 import re
 
-from .benchmark_runner import run_benchmark
+from orientlearn.benchmarking import run_benchmark_script
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 
 def run(script, *args, tmp_path):
-    return run_benchmark(script, *args, cwd=tmp_path)
+    return run_benchmark_script(script, *args, cwd=tmp_path)
 
 
 def table_rows(text):

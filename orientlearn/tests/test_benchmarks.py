@@ -5,7 +5,7 @@ where an ASPIRE environment exists.)
 """
 import re
 
-from .benchmark_runner import run_benchmark
+from orientlearn.benchmarking import run_benchmark_script
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
@@ -27,7 +27,7 @@ EXPECTED_ROWS = [
 
 def test_paper_benchmark_smoke_prints_the_table(tmp_path):
     out = tmp_path / "bench.md"
-    text = run_benchmark("paper.py", "--sigma2", "0", "4", "--out", out)
+    text = run_benchmark_script("paper.py", "--sigma2", "0", "4", "--out", out)
     assert "| metric | noiseless: ours | σ²=4: ours |" in text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines()
             if line.startswith("| ")}

@@ -1,0 +1,235 @@
+"""What the scripts of ``benchmarks/`` share, so that they never import each other.
+
+* the report: ``BenchmarkRun`` (start time, CPU load) writes the footer every table
+  carries (machine, CPU load, date, git commit, peak RSS, the command), ``write_report``
+  prints it and writes it to ``--out``;
+* the paper's setting: the bundled 5j0n map at a box size (``volume_at_size``), the
+  paper's split (``split_sizes``, ``paper_split``), its particles
+  (``simulate_like_paper``), and small helpers (``support_radius``,
+  ``downsampled_noise_factor``);
+* ``run_benchmark_script``: run a script as a user would (the smoke tests use it).
+
+Nothing here runs at import; TensorFlow is imported only by ``machine_description``.
+"""
+import datetime
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+
+from .core import image_ops, model_io, simulation, volumes
+from .core.threads import usable_cores
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+#: The checkout the package runs from (where ``benchmarks/`` is, in a source checkout).
+REPO = os.path.dirname(PACKAGE_DIR)
+BENCHMARKS_DIR = os.path.join(REPO, "benchmarks")
+#: The bundled map of the paper's benchmark (5j0n, 3.667 A/voxel).
+MAP_PATH = os.path.join(PACKAGE_DIR, "data", "5j0n.mrc")
+#: The paper's split of its 5,000 particles: train, validation, test.
+PAPER_SPLIT = (2512, 838, 1650)
+
+
+# ---------------------------------------------------------------------------- the report
+
+def peak_rss_mb():
+    """Peak resident memory of this process so far, MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb():
+    """Resident memory of this process now, MB (Linux /proc; NaN elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def git_commit():
+    """Short commit of the checkout, with ``(+ uncommitted changes)``; ``unknown`` outside
+    a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout
+        return (head or "unknown") + (" (+ uncommitted changes)" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_model():
+    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_description():
+    """Platform, Python, CPUs, TensorFlow and the GPUs it sees (imports TensorFlow)."""
+    import tensorflow as tf
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return dict(platform=platform.platform(), python=platform.python_version(),
+                cpus=os.cpu_count(), tensorflow=tf.__version__,
+                gpu=", ".join(gpus) if gpus else "none (TF sees no GPU)")
+
+
+def _load_average():
+    try:
+        return os.getloadavg()[0]
+    except OSError:                                    # pragma: no cover
+        return float("nan")
+
+
+class BenchmarkRun:
+    """One run of a benchmark script: when it started, the CPU load then, and the footer
+    of its report.
+
+    ``script``: the file name under ``benchmarks/`` (``"paper.py"``); ``argv``: its
+    arguments (default ``sys.argv[1:]``); ``tensorflow``: whether the machine line names
+    TensorFlow and the GPUs it sees (imports TensorFlow).
+    """
+
+    def __init__(self, script, argv=None, tensorflow=False):
+        self.script = script
+        self.argv = list(sys.argv[1:] if argv is None else argv)
+        self.tensorflow = tensorflow
+        self.started = datetime.datetime.now().astimezone()
+        self.load_start = _load_average()
+
+    def footer(self, note="", date_extra="", peak_rss=True):
+        """The footer lines: machine, CPU load at start / end, optional note, date + git
+        commit (+ peak RSS of this process, + ``date_extra``), the command."""
+        import scipy
+        load_end = _load_average()
+        ncpu = os.cpu_count() or 1
+        machine = f"- machine: {platform.platform()}, {cpu_model()}, {ncpu} CPUs"
+        if self.tensorflow:
+            m = machine_description()
+            machine += f", TensorFlow {m['tensorflow']}, GPU: {m['gpu']}"
+        machine += (f"; {usable_cores()} usable; Python {platform.python_version()}, "
+                    f"numpy {np.__version__}, scipy {scipy.__version__}")
+        shared = max(self.load_start, load_end) > 0.5 * ncpu
+        lines = [machine,
+                 f"- CPU load average (1 min) at start / end: {self.load_start:.2f} / "
+                 f"{load_end:.2f} on {ncpu} CPUs"
+                 + (" — the CPU was SHARED with other work, times are pessimistic"
+                    if shared else "")]
+        if note:
+            lines.append(f"- note: {note}")
+        date = (f"- date: {self.started.isoformat(timespec='seconds')}; "
+                f"git commit: {git_commit()}")
+        if peak_rss:
+            date += f"; peak RSS: {peak_rss_mb():.0f} MB"
+        if date_extra:
+            date += f"; {date_extra}"
+        lines.append(date)
+        lines.append(f"- command: python benchmarks/{self.script} {shlex.join(self.argv)}"
+                     .rstrip())
+        return lines
+
+
+def write_report(text, out=None):
+    """Print a benchmark's report and, with ``out``, write the same text to that file."""
+    print(text, end="")
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as fh:
+            fh.write(text)
+
+
+# ------------------------------------------------------------------- the paper's setting
+
+def split_sizes(n):
+    """The paper's split proportions scaled to ``n`` particles: (train, val, test)."""
+    total = sum(PAPER_SPLIT)
+    n_test = int(round(n * PAPER_SPLIT[2] / total))
+    n_val = int(round(n * PAPER_SPLIT[1] / total))
+    return n - n_val - n_test, n_val, n_test
+
+
+def paper_split(n, seed):
+    """Indices (train, validation, test) as ``benchmarks/paper.py`` uses them: test = the
+    last ``n_test`` particles; validation = what ``train_distance_model`` holds out of the
+    first ``n_train + n_val`` with ``validation_fraction = n_val / (n_train + n_val)``."""
+    n_train, n_val, n_test = split_sizes(n)
+    n_fit = n_train + n_val
+    train, val = model_io.train_validation_split(n_fit, n_val / n_fit, seed=seed)[0]
+    return train, val, np.arange(n_fit, n)
+
+
+def volume_at_size(size, map_path=MAP_PATH):
+    """The true map in a ``size`` box and its voxel size (A).
+
+    Larger boxes zero-pad the map (voxel size kept, the paper's 116 px at 3.667 A);
+    smaller ones Fourier-downsample it (coarser voxels)."""
+    vol, voxel = volumes.read_volume(map_path)
+    n0 = vol.shape[0]
+    if size >= n0:
+        return volumes.crop_or_pad_volume(vol, size), voxel
+    return volumes.downsample_volume(vol, size), voxel * n0 / size
+
+
+def downsampled_noise_factor(size, new_size, n_images=64, seed=0):
+    """Variance of unit white noise after ``image_ops.downsample`` from ``size`` to
+    ``new_size`` px (about ``(new_size / size)^2``), measured on a fixed noise sample."""
+    if new_size == size:
+        return 1.0
+    noise = np.random.default_rng(seed).standard_normal((n_images, size, size))
+    return float(np.var(image_ops.downsample(noise.astype(np.float32), new_size)))
+
+
+def support_radius(vol, rel=1e-2):
+    """Radius (voxels) about the box centre enclosing the voxels above ``rel * max``."""
+    n = vol.shape[0]
+    z, y, x = np.nonzero(vol > rel * vol.max())
+    c = n // 2
+    return float(np.sqrt((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2).max())
+
+
+def simulate_like_paper(args, sigma2, true_map, pixel_size, with_clean=False):
+    """The particles of ``benchmarks/paper.py``: the same ``simulate_particles`` call
+    (``args.n_particles``, ``args.seed``, noise ``sigma2`` (0: none), CTF and shifts up to
+    ``args.max_shift`` when ``args.ctf_shifts``) and the same Fourier downsampling to
+    ``args.net_size`` for the network. Returns ``(net_images, quaternions, net_clean,
+    simulation)``: ``net_clean`` (before noise) is None unless ``with_clean`` and
+    ``sigma2``; ``simulation`` is ``simulate_particles``' dict (full-size images)."""
+    sim = simulation.simulate_particles(
+        true_map, args.n_particles, sigma2=sigma2 or None, seed=args.seed,
+        voxel_size=pixel_size, ctf=True if args.ctf_shifts else None,
+        max_shift=args.max_shift if args.ctf_shifts else 0.0,
+        return_clean=bool(with_clean and sigma2))
+
+    def to_net(x):
+        return image_ops.downsample(x, args.net_size) if args.net_size != x.shape[-1] else x
+    clean = None if sim["clean"] is None else to_net(sim["clean"])
+    return to_net(sim["images"]), sim["quaternions"], clean, sim
+
+
+# ------------------------------------------------------------------ running the scripts
+
+def run_benchmark_script(script, *args, cwd=None, timeout=300, smoke=True):
+    """``python benchmarks/<script> [--smoke] <args>`` in a child process, as a user runs
+    it (``PYTHONPATH`` = the checkout); raises ``RuntimeError`` with the end of its
+    standard error unless it exits 0, returns its standard output (the report)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH"))
+                                          if p))
+    command = [sys.executable, os.path.join(BENCHMARKS_DIR, script),
+               *(["--smoke"] if smoke else []), *map(str, args)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=str(cwd or REPO))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} exited with {proc.returncode}:\n"
+                           f"{proc.stderr[-4000:]}")
+    return proc.stdout
