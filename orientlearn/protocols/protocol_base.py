@@ -2,6 +2,7 @@
 step signatures (a changed parameter re-runs the steps on *continue*) and a run lock."""
 import json
 import os
+import shlex
 import socket
 import time
 
@@ -224,7 +225,7 @@ class OrientLearnProtBase(EMProtocol):
         if not Plugin.usesOwnEnvironment():
             return False
         if not isinstance(args, str):
-            args = " ".join(str(a) for a in args)
+            args = " ".join(shlex.quote(str(a)) for a in args)
         self._configureDevices()
         self.runJob(Plugin.getProgram(), f"{command} {args}", env=Plugin.getEnviron(),
                     numberOfMpi=1)

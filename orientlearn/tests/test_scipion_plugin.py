@@ -190,6 +190,54 @@ class TestScipionPlugin(BaseTest):
         self.assertTrue(orientlearn.Plugin.getProgram().endswith("env/bin/orientlearn"))
 
 
+RUN_IN_ENVIRONMENT = r"""
+import json, os, sys
+from pwem import Domain
+plugin = Domain.getPluginModule("orientlearn").Plugin
+from orientlearn.protocols import OrientLearnProtReconstruct
+home = sys.argv[1]
+prot = OrientLearnProtReconstruct(numberOfThreads=2, gpuList="1")
+calls = []
+prot.runJob = lambda program, args, **kw: calls.append(
+    {"program": program, "args": args, "pythonpath": "PYTHONPATH" in kw["env"],
+     "threads": kw["env"].get("OMP_NUM_THREADS"), "tf": kw["env"].get("TF_NUM_INTRAOP_THREADS"),
+     "gpus": kw["env"].get("CUDA_VISIBLE_DEVICES")})
+plugin._vars["ORIENTLEARN_HOME"] = "/nonexistent/orientlearn-home"
+without = prot._runOrientlearn("reconstruct", ["a.star"])
+plugin._vars["ORIENTLEARN_HOME"] = home
+with_env = prot._runOrientlearn("reconstruct", ["in put.star", "-o", "out.mrc"])
+print(json.dumps({"without": without, "with": with_env, "calls": calls,
+                  "program": plugin.getProgram()}))
+"""
+
+
+class TestPluginEnvironment(unittest.TestCase):
+    def test_run_orientlearn_through_runjob_when_installed(self):
+        """With the plugin's environment present, a step's command line goes to runJob
+        with that environment's program, the run's threads and GPUs, and no PYTHONPATH;
+        without it nothing runs (the step computes in Scipion's Python)."""
+        import tempfile
+        with tempfile.TemporaryDirectory() as home:
+            program = os.path.join(home, "env", "bin", "orientlearn")
+            os.makedirs(os.path.dirname(program))
+            with open(program, "w") as f:
+                f.write("#!/bin/sh\n")
+            os.chmod(program, 0o755)
+            env = dict(os.environ, PYTHONPATH=REPO)
+            out = subprocess.run([sys.executable, "-c", RUN_IN_ENVIRONMENT, home], env=env,
+                                 capture_output=True, text=True, timeout=120)
+            self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+            report = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertFalse(report["without"])
+        self.assertTrue(report["with"])
+        self.assertEqual(len(report["calls"]), 1)
+        call = report["calls"][0]
+        self.assertEqual(call["program"], program)
+        self.assertEqual(call["args"], "reconstruct 'in put.star' -o out.mrc")
+        self.assertFalse(call["pythonpath"])
+        self.assertEqual((call["threads"], call["tf"], call["gpus"]), ("2", "2", "1"))
+
+
 class TestScipionTestDiscovery(unittest.TestCase):
     """``scipion3 tests orientlearn.tests.<module>`` loads modules with unittest."""
     def test_every_test_module_has_tests_for_unittest(self):
