@@ -200,6 +200,22 @@ class TestReliability(BaseTest):
         self.assertTrue(sim.isFailed())
         self.assertIn("without its output", sim.getErrorMessage())
 
+    # ---- 2. no resolution from a blank map -------------------------------------------
+    def test_reconstruct_with_a_blank_reference_fails_without_outputs(self):
+        sim = self._simulate(20, noiseMode=0, seed=13)
+        path = os.path.abspath(self.proj.getPath("blank.mrc"))
+        convert.write_volume(path, np.zeros((32, 32, 32), np.float32), 3.667)
+        imp = self.newProtocol(ProtImportVolumes, filesPath=path, samplingRate=3.667)
+        self.launchProtocol(imp)
+        recon = self.newProtocol(OrientLearnProtReconstruct, inputParticles=sim.outputParticles,
+                                 referenceVolume=imp.outputVolume)
+        self.assertEqual(recon.validate(), [])
+        self.proj.launchProtocol(recon, wait=True)
+        # Was: finished, "FSC vs reference" at Nyquist.
+        self.assertTrue(recon.isFailed())
+        self.assertIn("all zero", recon.getErrorMessage())
+        self.assertFalse(recon.hasAttribute("outputVolume"))
+
     # ---- 3. constant, NaN, huge images -----------------------------------------------
     def test_constant_nan_and_huge_images_are_refused_with_ids(self):
         sim = self._simulate(30, noiseMode=0, seed=8)
@@ -403,3 +419,33 @@ class TestReliability(BaseTest):
         aspire.createOutputStep()
         self.assertEqual(self._records(aspire.outputParticles, [CONFIDENCE_ATTR, ERROR_ATTR]),
                          compared)
+
+
+# ------------------------------------------------------------------ 2. FSC refusals
+
+@pytest.mark.parametrize("curve", [[], [np.nan] * 5, [1.0, np.nan, np.nan, np.nan, np.nan],
+                                   [np.inf, np.nan, np.nan, np.nan, np.nan]])
+def test_resolution_of_an_empty_or_nan_curve_is_an_error(curve):
+    from orientlearn.core import fsc
+    freq = np.linspace(0.0, 0.4, len(curve))
+    # Was: 1 / max(freq), the Nyquist limit, as if the maps agreed at every shell.
+    with pytest.raises(ValueError, match="no resolution"):
+        fsc.resolution_at(freq, curve, 0.143)
+
+
+def test_fsc_of_blank_or_nan_maps_is_an_error():
+    from orientlearn.core import fsc
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(16, 16, 16))
+    blank = np.zeros((16, 16, 16))
+    freq, curve = fsc.fsc(blank, blank, pixel_size=2.0)
+    with pytest.raises(ValueError, match="no resolution"):
+        fsc.resolution_at(freq, curve, 0.5)
+    nan_map = vol.copy()
+    nan_map[3, 4, 5] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        fsc.fsc(vol, nan_map, pixel_size=2.0)
+    # A gap (a shell without power) ends the curve: never Nyquist across it.
+    freq = np.linspace(0.0, 0.25, 6)
+    assert fsc.resolution_at(freq, [1.0, 0.95, 0.9, np.nan, 0.9, 0.9], 0.143) == \
+        pytest.approx(1 / 0.1)
