@@ -93,19 +93,19 @@ def test_pixel_size_range(value, ok):
 def test_reference_map_resampled_with_bounded_memory():
     """Resampling to a tiny pixel never builds the whole fine-grid map (was 39 GiB for
     a tiny-pixel particle set); the values equal whole-map resampling then cropping."""
-    from orientlearn.core import volumes as imaging
-    vol, voxel = imaging.read_volume(orientlearn.Plugin.getDemoMap())
+    from orientlearn.core import volumes
+    vol, voxel = volumes.read_volume(orientlearn.Plugin.getDemoMap())
     # Same numbers as resampling the whole map and cropping, where that is affordable.
     for size, pixel in ((48, 1.5), (32, 8.0), (40, voxel)):
         whole = int(round(vol.shape[0] * voxel / pixel))
-        expected = imaging.crop_or_pad_volume(imaging.downsample_volume(vol, whole)
+        expected = volumes.crop_or_pad_volume(volumes.downsample_volume(vol, whole)
                                               if whole != vol.shape[0] else vol, size)
-        got = convert.resample_volume_to_grid(vol, voxel, size, pixel)
+        got = volumes.resample_to_grid(vol, voxel, size, pixel)
         assert np.abs(got - expected).max() < 1e-5 * np.abs(expected).max()
     # 0.02 A/px: the whole map would be 13,944^3 voxels (10 TB); here ~17 MB at most.
     tracemalloc.start()
     try:
-        out = convert.resample_volume_to_grid(vol, voxel, 64, 0.02)
+        out = volumes.resample_to_grid(vol, voxel, 64, 0.02)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
