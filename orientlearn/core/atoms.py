@@ -26,6 +26,7 @@ __all__ = [
     "ATOMIC_MODEL_SUFFIXES",
     "AtomicMap",
     "atomic_model_files",
+    "molecule_extent",
     "atoms_to_map",
     "read_structure",
     "structure_to_map",
@@ -111,6 +112,17 @@ def _lowpass(vol, pixel_size, resolution, edge_width=0.1):
     return np.fft.irfftn(spec, s=vol.shape).astype(np.float32)
 
 
+def molecule_extent(structure):
+    """``(centre_A (3,), radius_A)``: the centre of mass (A, x y z) of the first model of a
+    gemmi ``Structure`` and the largest distance of an atom from it (A)."""
+    model = structure[0]
+    pos, _ = _atom_positions(model)
+    if len(pos) == 0:
+        raise ValueError(f"structure {structure.name!r} has no atoms")
+    com = np.array(model.calculate_center_of_mass().tolist())
+    return com, float(np.max(np.linalg.norm(pos - com, axis=1)))
+
+
 def structure_to_map(structure, pixel_size, box=None, resolution=None, b_factor=0.0,
                      margin_px=2, source=None):
     """Density map of a gemmi ``Structure`` (its first model).
@@ -136,11 +148,7 @@ def structure_to_map(structure, pixel_size, box=None, resolution=None, b_factor=
                          f"({nyquist:g} A at {pixel_size:g} A/px)")
     st = structure.clone()
     model = st[0]
-    pos, _ = _atom_positions(model)
-    if len(pos) == 0:
-        raise ValueError(f"structure {source or st.name!r} has no atoms")
-    com = np.array(model.calculate_center_of_mass().tolist())
-    radius = float(np.max(np.linalg.norm(pos - com, axis=1)))
+    com, radius = molecule_extent(st)
     blur_px = resolution / pixel_size / 2.0  # the low-pass spreads an atom ~ this far
     needed = int(np.ceil(2 * (radius / pixel_size + margin_px + blur_px)))
     needed += needed % 2
@@ -177,7 +185,7 @@ def structure_to_map(structure, pixel_size, box=None, resolution=None, b_factor=
     vol = np.ascontiguousarray(vol_xyz.transpose(2, 1, 0), dtype=np.float32)
     vol = _lowpass(vol, pixel_size, resolution)
     return AtomicMap(volume=vol, pixel_size=pixel_size, centre_A=com, radius_A=radius,
-                     n_atoms=len(pos), source=source or st.name)
+                     n_atoms=model.count_atom_sites(), source=source or st.name)
 
 
 def atoms_to_map(path, pixel_size, box=None, resolution=None, b_factor=0.0, margin_px=2):
