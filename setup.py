@@ -31,6 +31,8 @@ setup(
         "matplotlib>=3.7",
         "mrcfile>=1.4",
         "threadpoolctl>=3.1",
+        # density maps from atomic models (simulate from PDB/mmCIF, core/atoms.py)
+        "gemmi>=0.6",
         # CPU TensorFlow in Scipion's Python, so that a plain install runs everything.
         # Bounded: 2.19 breaks this stack. GPUs: the plugin's own environment
         # (scipion3 installb orientlearn, see README), or the 'gpu' extra.
@@ -48,6 +50,9 @@ setup(
         # ASPIRE in the plugin's env, for the 'common lines (ASPIRE)' protocol: 0.14.x
         # declares numpy>=1.25 and runs with numpy 1.26.1 / scipy 1.10 (checked). Without
         # it the protocol uses a separate env: python -m orientlearn.core.peer_aspire create
+        # the PDB files the generalist is trained and tested on (benchmarks/generalist.py,
+        # benchmarks/unseen.py); never needed at run time
+        "benchmarks": ["MDAnalysisTests>=2.0"],
         "aspire": ["aspire>=0.14.3,<0.15; python_version>='3.10'"],
     },
     entry_points={
