@@ -17,17 +17,18 @@ at import; both functions change the environment of the calling process on purpo
 import os
 import sys
 
-from .threads import thread_count
+from .threads import thread_count, usable_cores
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
 
 def limit_threads(n):
-    """Keep BLAS/OpenMP, TensorFlow and orientlearn's pools to ``n`` threads (n >= 1).
+    """Keep BLAS/OpenMP, TensorFlow and orientlearn's pools to ``n`` threads (n >= 1),
+    at most the cores this process may run on (more would only oversubscribe them).
 
     Returns ``thread_report()`` after the change."""
-    n = max(1, int(n))
+    n = min(max(1, int(n)), usable_cores())
     for name in THREAD_VARIABLES:
         os.environ[name] = str(n)
     try:
