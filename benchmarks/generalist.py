@@ -64,7 +64,12 @@ def parse_args(argv=None):
     p.add_argument("--diameter", type=float, default=None, help="its particle diameter (A)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None)
-    return p.parse_args(argv)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny run: 3 chains, 40 particles, 1 epoch of 3 steps")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.limit, args.particles, args.epochs, args.steps_per_epoch = 3, 40, 1, 3
+    return args
 
 
 def main(argv=None):

@@ -72,7 +72,12 @@ def parse_args(argv=None):
     p.add_argument("--only", nargs="*", default=None, help="names of test proteins")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the table to this file")
-    return p.parse_args(argv)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny run: 40 noiseless particles of adk_open")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.particles, args.sigma2, args.only = 40, [0.0], ["adk_open"]
+    return args
 
 
 def label(path, meta):
