@@ -29,7 +29,7 @@ except ImportError:                                     # pragma: no cover
     _csc_matvecs = None
 
 __all__ = [
-    "reconstruct_fourier", "reconstruct_astra",
+    "reconstruct_fourier", "FourierAccumulator", "reconstruct_astra",
     "soft_spherical_mask",
 ]
 
@@ -76,6 +76,171 @@ def _ctf_on_grid(ctfs, start, stop, n_image, size, ky, kx):
     y0, x0, y1, x1 = y0 % n, x0 % n, (y0 + 1) % n, (x0 + 1) % n
     return ((1 - ay) * ((1 - ax) * block[:, y0, x0] + ax * block[:, y0, x1])
             + ay * ((1 - ax) * block[:, y1, x0] + ax * block[:, y1, x1]))
+
+
+# ------------------------------------------------------------------ direct Fourier inversion
+
+class FourierAccumulator:
+    """Direct Fourier inversion, one batch at a time (CPU): the state of
+    :func:`reconstruct_fourier` between batches.
+
+    ``insert`` adds images with their orientations, shifts and CTFs to the sums of the
+    ``L^3`` Fourier grid (``L = oversampling * N``, even; only ``kx >= 0`` is kept, Friedel
+    symmetry): per voxel ``sum w CTF F`` and ``sum w CTF^2`` with trilinear gridding
+    weights ``w``. ``add`` sums another accumulator of the same grid into this one (the
+    full map of two half sets is the map of their summed accumulators). ``volume``
+    divides, transforms back and corrects the gridding (see :func:`reconstruct_fourier`);
+    it leaves the sums unchanged, so more images may follow.
+
+    Memory: one float32 grid ``(L + 1)^2 (L / 2 + 1) x 3`` per thread (100 MB at N = 128).
+    ``image_size`` N px; ``symmetry`` point group (each image inserted once per element
+    ``S`` with orientation ``R S``); ``n_threads`` None: ``threads.thread_count`` (the usable
+    cores, at most ``MAX_DEFAULT_THREADS``) (the result does not depend on it, up to float rounding);
+    ``batch_size`` images transformed together inside ``insert``; ``fft_workers`` threads
+    of ``scipy.fft``.
+    """
+
+    def __init__(self, image_size, symmetry="C1", oversampling=2, n_threads=None,
+                 batch_size=8, fft_workers=None):
+        n = self.image_size = int(image_size)
+        size = int(round(oversampling * n))
+        size += size % 2                               # even grid: symmetric Nyquist planes
+        self.size, self.half = size, size // 2
+        half = self.half
+        self.symmetry = geometry.quaternion_to_matrix(geometry.symmetry_group(symmetry))
+        # Half-plane frequencies of the padded image (rfft2 layout) within Nyquist.
+        ky_all = np.fft.fftfreq(size, 1.0 / size).astype(np.int64)
+        KY, KX = np.meshgrid(ky_all, np.arange(half + 1), indexing="ij")
+        keep = (KX ** 2 + KY ** 2) < half ** 2
+        self.flat_keep = np.flatnonzero(keep.ravel())
+        self.kx, self.ky = KX.ravel()[self.flat_keep], KY.ravel()[self.flat_keep]
+        # The kx = 0 column holds both k and -k: half weight, restored by the final
+        # Hermitian symmetrisation of the kx = 0 plane.
+        self.column_weight = np.where(self.kx == 0, 0.5, 1.0).astype(np.float32)
+        # Phase moving the box centre (index n // 2 of the unpadded image) to the origin.
+        self.base_phase = np.exp(2j * np.pi * (self.kx + self.ky) * (n // 2) / size
+                                 ).astype(np.complex64)
+        # Grid [z, y, x]: z, y centred (index = frequency + half, 0..size), x 0..half.
+        # Frequencies +half and -half alias; folded together at the end.
+        self.nz = self.ny = size + 1
+        self.nx = half + 1
+        self.n_voxels = self.nz * self.ny * self.nx
+        self.corner_offsets = np.array([dz * self.ny * self.nx + dy * self.nx + dx
+                                        for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)],
+                                       dtype=np.int32)
+        self.kxf, self.kyf = self.kx.astype(np.float32), self.ky.astype(np.float32)
+        self.n_threads = max(1, int(thread_count(n_threads, max_threads=MAX_DEFAULT_THREADS)))
+        self.batch_size, self.fft_workers = int(batch_size), fft_workers
+        # float32 grids: half the memory traffic of the scatter; the relative rounding of
+        # sums over ~1e4 contributions (~1e-5) is far below any noise.
+        self.grids = [np.zeros((self.n_voxels, 3), dtype=np.float32)
+                      for _ in range(self.n_threads)]
+        self.scratch = [{} for _ in range(self.n_threads)]
+        self.n_images = 0
+
+    def _insert_batch(self, images, rotations, shifts, ctfs, start, stop, grid, scratch):
+        """Insert images ``start:stop`` into ``grid (voxels, 3)``: Re(num), Im(num), den."""
+        size, n = self.size, self.image_size
+        kx, ky = self.kx, self.ky
+        spectra = scipy.fft.rfft2(images[start:stop].astype(np.float32), s=(size, size),
+                                  workers=self.fft_workers)
+        values = spectra.reshape(stop - start, -1)[:, self.flat_keep] * self.base_phase
+        if shifts is not None:
+            t = shifts[start:stop]
+            values *= np.exp(2j * np.pi * (np.outer(t[:, 0], kx) + np.outer(t[:, 1], ky))
+                             / size).astype(np.complex64)
+        if ctfs is not None:
+            ctf = _ctf_on_grid(ctfs, start, stop, n, size, ky, kx)
+            values = values * ctf
+            weight = ctf * ctf * self.column_weight
+        else:
+            weight = np.broadcast_to(self.column_weight, values.shape)
+        values = values * self.column_weight
+        for s in self.symmetry:
+            rows = (rotations[start:stop] @ s).astype(np.float32)     # (B, 3, 3): R S
+            # k3 = (R S)^T (kx, ky, 0) = kx * row0 + ky * row1, one contiguous (B, P)
+            # array per component x, y, z (long inner loops: ~10x faster than (B, P, 3)).
+            k3 = [self.kxf * rows[:, 0, c, None] + self.kyf * rows[:, 1, c, None]
+                  for c in range(3)]
+            # Friedel: store -k with conj(value) where kx < 0, so the grid keeps kx >= 0.
+            sign = np.where(k3[0] < 0, np.float32(-1), np.float32(1))
+            for component in k3:
+                component *= sign
+            _splat(grid, k3, values.real, values.imag * sign, weight,
+                   self.half, self.nx, self.ny, self.corner_offsets, self.n_voxels, scratch)
+
+    def insert(self, images, rotations, shifts=None, ctfs=None, progress=None):
+        """Add images ``(M, N, N)`` with ``rotations`` (``(M, 3, 3)`` or quaternions
+        ``(M, 4)``), ``shifts`` ``(M, 2)`` px and ``ctfs`` (as :func:`reconstruct_fourier`;
+        a callable gets indices into these ``M`` images). ``progress(done, M)``."""
+        images = np.asarray(images)
+        if images.ndim != 3 or images.shape[1:] != (self.image_size, self.image_size):
+            raise ValueError(f"images must be (M, {self.image_size}, {self.image_size}), "
+                             f"got {images.shape}")
+        n_images = len(images)
+        rotations = geometry.as_rotation_matrices(rotations)
+        if len(rotations) != n_images:
+            raise ValueError("need one rotation per image")
+        if shifts is not None:
+            shifts = np.asarray(shifts, dtype=np.float64).reshape(n_images, 2)
+        bs = self.batch_size
+        batches = [(b, min(b + bs, n_images)) for b in range(0, n_images, bs)]
+        n_threads = max(1, min(self.n_threads, len(batches)))
+        lock = threading.Lock()
+        done = [0]
+
+        # Batches are spread over threads, each with its own grid (numpy and the sparse
+        # kernel release the GIL); the grids are summed in ``volume``.
+        def worker(k):
+            for start, stop in batches[k::n_threads]:
+                self._insert_batch(images, rotations, shifts, ctfs, start, stop,
+                                   self.grids[k], self.scratch[k])
+                if progress is not None:
+                    with lock:
+                        done[0] += stop - start
+                        progress(done[0], n_images)
+
+        if n_threads == 1:
+            worker(0)
+        else:
+            with concurrent.futures.ThreadPoolExecutor(n_threads) as pool:
+                for future in [pool.submit(worker, k) for k in range(n_threads)]:
+                    future.result()
+        self.n_images += n_images
+
+    def add(self, other):
+        """Add the sums of ``other`` (same image size, oversampling) into this one."""
+        if (other.size, other.image_size) != (self.size, self.image_size):
+            raise ValueError("accumulators of different grids cannot be added")
+        for grid in other.grids:
+            self.grids[0] += grid
+        self.n_images += other.n_images
+        return self
+
+    def volume(self, wiener_constant=0.1, mask_radius=None, mask_width=3.0):
+        """The map ``(N, N, N)`` float32 from the sums so far (see
+        :func:`reconstruct_fourier` for ``wiener_constant`` and the mask)."""
+        size, n = self.size, self.image_size
+        accum = self.grids[0].astype(np.float64)
+        for other in self.grids[1:]:
+            accum += other
+        num = (accum[:, 0] + 1j * accum[:, 1]).reshape(self.nz, self.ny, self.nx)
+        den = accum[:, 2].reshape(self.nz, self.ny, self.nx)
+        del accum
+        num, den = _fold_grid(num, size), _fold_grid(den, size)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            spectrum = np.where(den + wiener_constant > 0, num / (den + wiener_constant), 0)
+        spectrum = np.fft.ifftshift(spectrum, axes=(0, 1))
+        padded = scipy.fft.irfftn(spectrum, s=(size, size, size), workers=self.fft_workers)
+        crop = (np.arange(n) - n // 2) % size          # origin of the padded box at index 0
+        vol = padded[np.ix_(crop, crop, crop)]
+        # Trilinear gridding multiplied the volume by sinc^2(x / L) along each axis.
+        c = (np.arange(n) - n // 2) / size
+        kernel = np.sinc(c) ** 2
+        vol = vol / (kernel[:, None, None] * kernel[None, :, None] * kernel[None, None, :])
+        if mask_radius is not None:
+            vol = vol * soft_spherical_mask(n, mask_radius, mask_width)
+        return vol.astype(np.float32)
 
 
 def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1",
@@ -132,117 +297,11 @@ def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1"
     images = np.asarray(images)
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise ValueError(f"images must be (M, N, N), got {images.shape}")
-    n_images, n = images.shape[0], images.shape[1]
-    rotations = geometry.as_rotation_matrices(rotations)
-    if len(rotations) != n_images:
-        raise ValueError("need one rotation per image")
-    if shifts is not None:
-        shifts = np.asarray(shifts, dtype=np.float64).reshape(n_images, 2)
-    size = int(round(oversampling * n))
-    size += size % 2                                   # even grid: symmetric Nyquist planes
-    half = size // 2
-    sym = geometry.quaternion_to_matrix(geometry.symmetry_group(symmetry))   # (G, 3, 3)
-
-    # Half-plane frequencies of the padded image (rfft2 layout) within the Nyquist radius.
-    ky_all = np.fft.fftfreq(size, 1.0 / size).astype(np.int64)
-    kx_all = np.arange(half + 1)
-    KY, KX = np.meshgrid(ky_all, kx_all, indexing="ij")
-    keep = (KX ** 2 + KY ** 2) < half ** 2
-    flat_keep = np.flatnonzero(keep.ravel())
-    kx, ky = KX.ravel()[flat_keep], KY.ravel()[flat_keep]
-    # The kx = 0 column holds both k and -k: half weight, restored by the final
-    # Hermitian symmetrisation of the kx = 0 plane.
-    column_weight = np.where(kx == 0, 0.5, 1.0).astype(np.float32)
-    # Phase moving the box centre (index n // 2 of the unpadded image) to the origin.
-    centre = n // 2
-    base_phase = np.exp(2j * np.pi * (kx + ky) * centre / size).astype(np.complex64)
-
-    # Accumulation grid [z, y, x]: z, y centred, indices 0..size (frequency index - (-half));
-    # x from 0 to half. Frequencies +half and -half alias; folded together at the end.
-    nz = ny = size + 1
-    nx = half + 1
-    n_voxels = nz * ny * nx
-    corner_offsets = np.array([dz * ny * nx + dy * nx + dx for dz in (0, 1)
-                               for dy in (0, 1) for dx in (0, 1)], dtype=np.int32)
-    kxf, kyf = kx.astype(np.float32), ky.astype(np.float32)
-
-    def insert(start, stop, accum, scratch):
-        """Insert images ``start:stop`` into ``accum (voxels, 3)``: Re(num), Im(num), den.
-
-        ``scratch``: the calling thread's dict of reusable work buffers (``_scratch``)."""
-        spectra = scipy.fft.rfft2(images[start:stop].astype(np.float32), s=(size, size),
-                                  workers=fft_workers)
-        values = spectra.reshape(stop - start, -1)[:, flat_keep] * base_phase
-        if shifts is not None:
-            t = shifts[start:stop]
-            values *= np.exp(2j * np.pi * (np.outer(t[:, 0], kx) + np.outer(t[:, 1], ky))
-                             / size).astype(np.complex64)
-        if ctfs is not None:
-            ctf = _ctf_on_grid(ctfs, start, stop, n, size, ky, kx)
-            values = values * ctf
-            weight = ctf * ctf * column_weight
-        else:
-            weight = np.broadcast_to(column_weight, values.shape)
-        values = values * column_weight
-        for s in sym:
-            rows = (rotations[start:stop] @ s).astype(np.float32)     # (B, 3, 3): R S
-            # k3 = (R S)^T (kx, ky, 0) = kx * row0 + ky * row1, one contiguous (B, P)
-            # array per component x, y, z (long inner loops: ~10x faster than (B, P, 3)).
-            k3 = [kxf * rows[:, 0, c, None] + kyf * rows[:, 1, c, None] for c in range(3)]
-            # Friedel: store -k with conj(value) where kx < 0, so the grid keeps kx >= 0.
-            sign = np.where(k3[0] < 0, np.float32(-1), np.float32(1))
-            for component in k3:
-                component *= sign
-            _splat(accum, k3, values.real, values.imag * sign, weight,
-                   half, nx, ny, corner_offsets, n_voxels, scratch)
-
-    # Batches are spread over threads, each with its own grid (numpy and the sparse
-    # kernel release the GIL); the grids are summed at the end.
-    n_threads = thread_count(n_threads, max_threads=MAX_DEFAULT_THREADS)
-    batches = [(b, min(b + batch_size, n_images)) for b in range(0, n_images, batch_size)]
-    n_threads = max(1, min(int(n_threads), len(batches)))
-    # float32 grids: half the memory traffic of the scatter; the relative rounding of
-    # sums over ~1e4 contributions (~1e-5) is far below any noise.
-    accums = [np.zeros((n_voxels, 3), dtype=np.float32) for _ in range(n_threads)]
-    lock = threading.Lock()
-    done = [0]
-
-    def worker(k):
-        scratch = {}
-        for start, stop in batches[k::n_threads]:
-            insert(start, stop, accums[k], scratch)
-            if progress is not None:
-                with lock:
-                    done[0] += stop - start
-                    progress(done[0], n_images)
-
-    if n_threads == 1:
-        worker(0)
-    else:
-        with concurrent.futures.ThreadPoolExecutor(n_threads) as pool:
-            for future in [pool.submit(worker, k) for k in range(n_threads)]:
-                future.result()
-    accum = accums[0].astype(np.float64)
-    for other in accums[1:]:
-        accum += other
-    del accums
-
-    num = (accum[:, 0] + 1j * accum[:, 1]).reshape(nz, ny, nx)
-    den = accum[:, 2].reshape(nz, ny, nx)
-    num, den = _fold_grid(num, size), _fold_grid(den, size)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        spectrum = np.where(den + wiener_constant > 0, num / (den + wiener_constant), 0)
-    spectrum = np.fft.ifftshift(spectrum, axes=(0, 1))
-    padded = scipy.fft.irfftn(spectrum, s=(size, size, size), workers=fft_workers)
-    crop = (np.arange(n) - n // 2) % size              # origin of the padded box at index 0
-    vol = padded[np.ix_(crop, crop, crop)]
-    # Trilinear gridding multiplied the volume by sinc^2(x / L) along each axis.
-    c = (np.arange(n) - n // 2) / size
-    kernel = np.sinc(c) ** 2
-    vol = vol / (kernel[:, None, None] * kernel[None, :, None] * kernel[None, None, :])
-    if mask_radius is not None:
-        vol = vol * soft_spherical_mask(n, mask_radius, mask_width)
-    return vol.astype(np.float32)
+    acc = FourierAccumulator(images.shape[1], symmetry=symmetry, oversampling=oversampling,
+                             n_threads=n_threads, batch_size=batch_size,
+                             fft_workers=fft_workers)
+    acc.insert(images, rotations, shifts=shifts, ctfs=ctfs, progress=progress)
+    return acc.volume(wiener_constant, mask_radius, mask_width)
 
 
 def _scratch(scratch, name, shape, dtype):
