@@ -215,6 +215,21 @@ def test_relion_reader_round_trip(tmp_path):
     np.testing.assert_allclose(t_back, shifts, atol=1e-5)
 
 
+def test_core_star_reader_reads_what_the_relion_plugin_writes(tmp_path):
+    """core.source.read_star (no Scipion) on scipion-em-relion's star file: same
+    orientations, shifts, pixel size and image locations as the Scipion set."""
+    from orientlearn.core.source import read_star
+    quats, shifts = _orientations()
+    images = np.random.default_rng(0).standard_normal((N_PARTICLES, BOX, BOX)).astype(np.float32)
+    parts = _make_particles(tmp_path, quats, shifts, images=images)
+    _, _, _, star = _relion_star_rows(parts, tmp_path)
+    src = read_star(star)
+    assert src.pixel_size == pytest.approx(PIXEL_SIZE)
+    np.testing.assert_allclose(_same_orientation(src.quaternions, quats), 0.0, atol=1e-5)
+    np.testing.assert_allclose(src.shifts, shifts, atol=1e-5)
+    np.testing.assert_array_equal(src.images(), images)
+
+
 # ------------------------------------------------ images: Relion's model vs our projector
 
 # A few Gaussian blobs, placed asymmetrically, so any wrong rotation or shift shows.

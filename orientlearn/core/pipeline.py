@@ -1,0 +1,209 @@
+"""The steps a user runs, written once: what protocols, CLI, demo and benchmarks call.
+
+Every function takes a particle source (``source.ParticleSource``: images read in
+batches, one record of orientation, shift and CTF per particle) and, where a network is
+involved, a ``model.DistanceModel``; memory is bounded by the batch, not by the number of
+particles (features are ``K x N x F`` float32, small; maps are ``N^3``).
+
+* ``embed_particles``: features ``(K, N, F)`` of every particle under ``K`` image-side
+  transforms (the D4 group of the detector, ``recovery.image_transforms``).
+* ``recover_particles``: embed, build the distance graph, recover the orientations
+  (``recovery.recover_from_features``) with the product defaults ``RECOVERY_DEFAULTS``.
+* ``reconstruct_halves``: one streamed pass over the particles into two Fourier
+  accumulators (a seeded random half split); the full map is the sum of the halves'
+  grids, the half-map FSC the gold-standard resolution.
+* ``pair_distances``: estimated vs true distances of particle pairs (model evaluation).
+"""
+import numpy as np
+
+from . import geometry
+
+__all__ = ["RECOVERY_DEFAULTS", "RECONSTRUCTION_DEFAULTS", "detector_transforms",
+           "embed_particles", "recover_particles", "recover_from_embedding", "Recovery",
+           "reconstruct_halves", "HalfMaps", "pair_distances", "check_finite"]
+
+#: Defaults of the recovery (protocol form, CLI, demo and benchmarks share them).
+RECOVERY_DEFAULTS = dict(n_neighbors=32, n_random=16, loss="cauchy", loss_scale=0.3,
+                         n_steps=1500, learning_rate=0.05)
+#: Defaults of the reconstruction.
+RECONSTRUCTION_DEFAULTS = dict(symmetry="C1", wiener_constant=0.1, mask_radius=None,
+                               oversampling=2)
+#: Images per batch read from a source while embedding (the network runs on 8x that).
+EMBED_BATCH = 128
+#: Images per batch read from a source while reconstructing.
+RECONSTRUCT_BATCH = 256
+
+
+def detector_transforms(use_transforms=True):
+    """``(K, 4)`` image-side transforms: the 8 of D4 (rotations by k 90 degrees, with and
+    without the mirror), which pin the detector frame, or only the identity (the paper's
+    setting, defined up to O(4))."""
+    from .recovery import image_transforms
+    return (image_transforms(n_rotations=4, mirror=True)[0] if use_transforms
+            else image_transforms(n_rotations=1, mirror=False)[0])
+
+
+def check_finite(images, start=0, what="Particle images"):
+    """Raise ``ValueError`` naming the particles (0-based) whose images hold NaN or inf."""
+    bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if bad.any():
+        idx = start + np.flatnonzero(bad)
+        raise ValueError(f"{what} contain NaN or infinite values (particles "
+                         f"{', '.join(map(str, idx[:10]))}{'...' if len(idx) > 10 else ''}, "
+                         "0-based): fix or remove those particles first.")
+
+
+def embed_particles(source, model, transforms=None, batch_size=EMBED_BATCH, progress=None):
+    """Features ``(K, N, F)`` float32 of every particle of ``source`` under ``transforms``
+    ``(K, 4)`` (default ``detector_transforms()``): each batch is read, checked for
+    NaN, put on the model's grid (``DistanceModel.prepare``) and embedded under all
+    transforms in one network call. ``progress(done, total)`` in particles."""
+    transforms = detector_transforms() if transforms is None else np.asarray(transforms)
+    out = np.empty((len(transforms), len(source), model.n_features), np.float32)
+    for start, stop, images in source.batches(batch_size, progress):
+        check_finite(images, start)
+        out[:, start:stop] = model.embed(model.prepare(images, source.pixel_size), transforms)
+    return out
+
+
+class Recovery:
+    """Result of a recovery: ``quaternions (N, 4)``, ``residual (N,)`` (radians, the
+    weighted mean ``|d_q - d_hat|`` over each particle's edges: a ground-truth-free
+    confidence), ``loss`` (final L_OR), ``loss_history``, ``features (K, N, F)`` (None
+    when recovered from given features), ``info`` (``recover_orientations``' dict)."""
+
+    def __init__(self, quaternions, info, features=None):
+        self.quaternions = quaternions
+        self.residual = np.asarray(info["residual"], dtype=np.float64)
+        self.loss = float(info["loss"])
+        self.loss_history = np.asarray(info["loss_history"], dtype=np.float64)
+        self.features = features
+        self.info = info
+
+    def __repr__(self):
+        return (f"Recovery({len(self.quaternions)} particles, L_OR {self.loss:.4g}, median "
+                f"residual {np.nanmedian(self.residual):.3f} rad)")
+
+
+def recover_from_embedding(features, transforms, distance_map, seed=0, progress=None,
+                           **options):
+    """Orientations from features ``(K, N, F)`` (``embed_particles``): the distance graph
+    (feature angles mapped to distances by ``distance_map``, e.g. a
+    ``DistanceModel.distance_map``) and the recovery. ``options``: keywords of
+    ``recovery.recover_from_features`` (defaults ``RECOVERY_DEFAULTS``)."""
+    from .recovery import recover_from_features
+    kw = dict(RECOVERY_DEFAULTS)
+    kw.update(options)
+    q, info = recover_from_features(features, transforms, distance_map=distance_map,
+                                    seed=seed, progress=progress, **kw)
+    return Recovery(q, info)
+
+
+def recover_particles(source, model, use_transforms=True, seed=0, batch_size=EMBED_BATCH,
+                      embed_progress=None, progress=None, **options):
+    """Orientations of every particle of ``source`` from ``model`` (a ``DistanceModel``),
+    with no ground truth: ``embed_particles`` under the detector transforms (all 8 of D4
+    with ``use_transforms``, which leaves only a global rotation and the handedness
+    undetermined; the identity only otherwise, up to O(4)), then
+    ``recover_from_embedding``. Returns a ``Recovery`` (with its features)."""
+    transforms = detector_transforms(use_transforms)
+    features = embed_particles(source, model, transforms, batch_size, embed_progress)
+    result = recover_from_embedding(features, transforms, model.distance_map, seed=seed,
+                                    progress=progress, **options)
+    result.features = features
+    return result
+
+
+# ------------------------------------------------------------------------ reconstruction
+
+class HalfMaps:
+    """Result of ``reconstruct_halves``: ``full``, ``half1``, ``half2`` ``(S, S, S)``
+    float32 maps, ``frequencies`` (1/A) and ``fsc`` of the halves, ``half`` ``(N,)`` the
+    half (0 or 1) of each particle, ``pixel_size`` (A)."""
+
+    def __init__(self, full, half1, half2, frequencies, fsc, half, pixel_size):
+        self.full, self.half1, self.half2 = full, half1, half2
+        self.frequencies, self.fsc, self.half = frequencies, fsc, half
+        self.pixel_size = pixel_size
+
+    def resolution(self, threshold=0.143):
+        """Half-map resolution (A) where the FSC drops below ``threshold``."""
+        from .reconstruct import resolution_at
+        return resolution_at(self.frequencies, self.fsc, threshold)
+
+
+def half_split(n, seed=0):
+    """``(n,)`` int: a seeded random split of ``n`` particles into halves 0 and 1 of
+    sizes ``ceil(n / 2)`` and ``floor(n / 2)``."""
+    return (np.random.default_rng(seed).permutation(int(n)) % 2).astype(np.int8)
+
+
+def reconstruct_halves(source, symmetry="C1", ctf=True, wiener_constant=0.1,
+                       mask_radius=None, oversampling=2, seed=0,
+                       batch_size=RECONSTRUCT_BATCH, n_threads=None, progress=None):
+    """Two half maps and the full map of the oriented particles of ``source``, one pass.
+
+    Each batch is read once and inserted into the Fourier accumulator of its half
+    (``half_split(N, seed)``), with its shifts undone and, with ``ctf`` and a source
+    carrying CTF parameters, its exact CTF (``ctf_2d_batch`` on the padded grid) for the
+    Wiener-like correction. The full map is made from the SUM of the two accumulators
+    (so it is exactly what one reconstruction of all particles gives). ``symmetry``: point
+    group applied when inserting; ``mask_radius`` (px): soft spherical mask of all maps.
+    ``progress(done, total)`` in particles. Returns ``HalfMaps``.
+    """
+    from .reconstruct import FourierAccumulator, fsc
+    if source.quaternions is None:
+        raise ValueError("The particles carry no orientations: recover or import them first.")
+    if len(source) < 2:
+        raise ValueError("Half maps need at least 2 particles.")
+    half = half_split(len(source), seed)
+    size = source.image_size
+    accs = [FourierAccumulator(size, symmetry=symmetry, oversampling=oversampling,
+                               n_threads=n_threads) for _ in range(2)]
+    use_ctf = bool(ctf) and source.ctf is not None
+    R = geometry.quaternion_to_matrix(source.quaternions)
+    for start, stop, images in source.batches(batch_size, progress):
+        check_finite(images, start)
+        for h in (0, 1):
+            sel = start + np.flatnonzero(half[start:stop] == h)
+            if not len(sel):
+                continue
+            ctfs = None
+            if use_ctf:
+                ctfs = (lambda idx, grid, sel=sel: source.ctf_images(sel[idx], grid))
+            accs[h].insert(images[sel - start], R[sel], shifts=source.shifts[sel], ctfs=ctfs)
+    maps = [a.volume(wiener_constant, mask_radius) for a in accs]
+    accs[0].add(accs[1])
+    full = accs[0].volume(wiener_constant, mask_radius)
+    frequencies, values = fsc(maps[0], maps[1], pixel_size=source.pixel_size)
+    return HalfMaps(full, maps[0], maps[1], frequencies, values, half, source.pixel_size)
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+def pair_distances(source, model, pairs=None, symmetry="C1", seed=0,
+                   max_particles=400, batch_size=EMBED_BATCH):
+    """Estimated and true distances of particle pairs (the paper's Fig. 6 data).
+
+    ``source`` must carry orientations. ``pairs`` ``(P, 2)`` particle indices, default
+    every pair among up to ``max_particles`` particles drawn with ``seed``. Returns
+    ``(d_true (P,), d_est (P,))`` radians (``d_true`` up to ``symmetry``)."""
+    if source.quaternions is None:
+        raise ValueError("Pair evaluation needs particles with known orientations.")
+    rng = np.random.default_rng(seed)
+    if pairs is None:
+        sel = np.sort(rng.choice(len(source), size=min(len(source), max_particles),
+                                 replace=False))
+        a, b = np.triu_indices(len(sel), k=1)
+        pairs = np.stack([sel[a], sel[b]], axis=1)
+    pairs = np.asarray(pairs, dtype=np.int64)
+    used, inverse = np.unique(pairs.ravel(), return_inverse=True)
+    feats = np.concatenate([model.embed(model.prepare(source.take(used[b:b + batch_size]),
+                                                      source.pixel_size))[0]
+                            for b in range(0, len(used), batch_size)])
+    fa, fb = feats[inverse[0::2]], feats[inverse[1::2]]
+    d_est = model.pair_distances(fa, fb)
+    group = geometry.symmetry_group(symmetry)
+    q = source.quaternions
+    d_true = geometry.symmetric_distance(q[pairs[:, 0]], q[pairs[:, 1]], group)
+    return d_true, d_est
