@@ -38,7 +38,8 @@ def sample_shifts(n, max_shift, seed=0):
 
 def simulate_particles(volume, n, image_size=None, symmetry="C1", max_shift=0.0, ctf=None,
                        sigma2=None, snr_db=None, seed=0, progress=None, voxel_size=1.0,
-                       oversampling=2, interleave=True, batch_size=256, return_clean=True):
+                       oversampling=2, interleave=True, batch_size=256, return_clean=True,
+                       scale=None):
     """Simulate ``n`` particle images by eq. (1): ``p = C_phi S_t P_theta x + n``.
 
     Steps, per batch: orientations ``geometry.sample_orientations(n, symmetry)`` ->
@@ -58,7 +59,9 @@ def simulate_particles(volume, n, image_size=None, symmetry="C1", max_shift=0.0,
     CTF); ``max_shift`` pixels of the output image (triangular distribution, per axis);
     ``ctf``: None (no CTF), True (``sample_ctf_params`` defaults), a dict of keywords of
     ``sample_ctf_params`` (e.g. ``defocus_range``), or a dict of per-particle parameters
-    (with ``defocus_u``, as ``sample_ctf_params`` returns). Seeds of the four random
+    (with ``defocus_u``, as ``sample_ctf_params`` returns). ``scale``: a fixed factor
+    instead of the unit-variance one (a simulation streamed in chunks measures it on its
+    first chunk and keeps it, ``pipeline.simulate_to_stack``). Seeds of the four random
     draws (orientations, shifts, CTF, noise) derive from ``seed``.
 
     Returns a dict: ``images`` float32 ``(n, S, S)``; ``clean`` (same, before noise; None
@@ -108,8 +111,9 @@ def simulate_particles(volume, n, image_size=None, symmetry="C1", max_shift=0.0,
         clean[b0:b1] = imgs
         if progress is not None:
             progress(b1, n)
-    var = float(np.mean(np.var(clean.reshape(n, -1), axis=1, dtype=np.float64))) if n else 1.0
-    scale = 1.0 / np.sqrt(var) if var > 0 else 1.0
+    if scale is None:
+        var = float(np.mean(np.var(clean.reshape(n, -1), axis=1, dtype=np.float64))) if n else 1.0
+        scale = 1.0 / np.sqrt(var) if var > 0 else 1.0
     clean *= np.float32(scale)
     if sigma2 is None:
         images = clean.copy() if return_clean else clean
