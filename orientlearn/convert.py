@@ -123,6 +123,27 @@ def _iter_stack_chunks(filename, indices, chunk):
         for start in range(0, len(indices), chunk):
             yield start, np.asarray(data[indices[start:start + chunk]], dtype=np.float32)
 
+def particle_source(particles, orientations=False, ctf=True):
+    """A ``core.source.MrcSource`` over a SetOfParticles, in id order: images read in
+    batches from their stacks (never the whole set in memory), the set's sampling rate,
+    the particles' shifts (and orientations with ``orientations=True``) from ALIGN_PROJ
+    when they carry one, and their CTF (with ``ctf``) when the set has one."""
+    from .core.source import MrcSource
+    locations = []
+    for p in particles.iterItems(orderBy="id"):
+        index, fn = p.getLocation()
+        locations.append((clean_path(fn), (index or 1) - 1))
+    if not locations:
+        raise ValueError("The set of particles is empty.")
+    quats = shifts = None
+    if has_projection_alignment(particles):
+        _, q, shifts = particle_orientations(particles)
+        quats = q if orientations else None
+    elif orientations:
+        raise ValueError("The particles carry no 3-D orientations (ALIGN_PROJ).")
+    return MrcSource(locations, pixel_size=particles.getSamplingRate(), quaternions=quats,
+                     shifts=shifts, ctf=particle_ctfs(particles) if ctf else None)
+
 
 def particle_orientations(particles):
     """``(ids (N,), quaternions (N, 4), shifts (N, 2) px)`` of particles with ALIGN_PROJ."""

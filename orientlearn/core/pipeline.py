@@ -20,7 +20,8 @@ from . import geometry
 
 __all__ = ["RECOVERY_DEFAULTS", "RECONSTRUCTION_DEFAULTS", "detector_transforms",
            "embed_particles", "recover_particles", "recover_from_embedding", "Recovery",
-           "reconstruct_halves", "HalfMaps", "pair_distances", "check_finite"]
+           "reconstruct_halves", "HalfMaps", "half_split", "pair_distances", "check_finite",
+           "simulate_to_stack", "train_model", "TRAINING_DEFAULTS"]
 
 #: Defaults of the recovery (protocol form, CLI, demo and benchmarks share them).
 RECOVERY_DEFAULTS = dict(n_neighbors=32, n_random=16, loss="cauchy", loss_scale=0.3,
@@ -138,6 +139,14 @@ def half_split(n, seed=0):
     return (np.random.default_rng(seed).permutation(int(n)) % 2).astype(np.int8)
 
 
+def _ctf_callable(source, particles):
+    """``ctfs(indices, size)`` of ``FourierAccumulator.insert``: the exact CTFs of
+    ``particles[indices]`` on the padded grid (same pixel size, finer frequency step)."""
+    def ctfs(indices, size):
+        return source.ctf_images(particles[indices], size)
+    return ctfs
+
+
 def reconstruct_halves(source, symmetry="C1", ctf=True, wiener_constant=0.1,
                        mask_radius=None, oversampling=2, seed=0,
                        batch_size=RECONSTRUCT_BATCH, n_threads=None, progress=None):
@@ -168,15 +177,60 @@ def reconstruct_halves(source, symmetry="C1", ctf=True, wiener_constant=0.1,
             sel = start + np.flatnonzero(half[start:stop] == h)
             if not len(sel):
                 continue
-            ctfs = None
-            if use_ctf:
-                ctfs = (lambda idx, grid, sel=sel: source.ctf_images(sel[idx], grid))
-            accs[h].insert(images[sel - start], R[sel], shifts=source.shifts[sel], ctfs=ctfs)
+            accs[h].insert(images[sel - start], R[sel], shifts=source.shifts[sel],
+                           ctfs=_ctf_callable(source, sel) if use_ctf else None)
     maps = [a.volume(wiener_constant, mask_radius) for a in accs]
     accs[0].add(accs[1])
     full = accs[0].volume(wiener_constant, mask_radius)
     frequencies, values = fsc(maps[0], maps[1], pixel_size=source.pixel_size)
     return HalfMaps(full, maps[0], maps[1], frequencies, values, half, source.pixel_size)
+
+
+# ------------------------------------------------------------------------------ training
+
+#: Defaults of the training (protocol form and CLI share them).
+TRAINING_DEFAULTS = dict(architecture="resnet", head="rotation", n_features=64, epochs=30,
+                         batch_size=64, learning_rate=1e-3, loss="mse",
+                         validation_fraction=0.2, patience=8)
+#: Box (px) of the network's images by default.
+TRAINING_IMAGE_SIZE = 64
+
+
+def train_model(sources, image_size=TRAINING_IMAGE_SIZE, symmetry="C1", seed=0,
+                progress=None, checkpoint_dir=None, augmentation=None, **options):
+    """A ``DistanceModel`` trained on oriented particles.
+
+    ``sources``: one ``ParticleSource`` or a list (one training set each, all with
+    orientations and the same box in Angstrom). Their images are read whole (training
+    draws random batches) and Fourier-resampled to ``image_size`` px, so the model's
+    pixel size is ``pixel_size * S / image_size``. ``options``: keywords of
+    ``distance.train_distance_model`` (defaults ``TRAINING_DEFAULTS``). Returns
+    ``(model, history)``; the model's metadata holds its grid, head and training summary.
+    """
+    from .distance import train_distance_model
+    from .imaging import downsample
+    from .model import DistanceModel
+    sources = [sources] if hasattr(sources, "images") else list(sources)
+    kw = dict(TRAINING_DEFAULTS)
+    kw.update(options)
+    images, quats = [], []
+    for k, src in enumerate(sources):
+        if src.quaternions is None:
+            raise ValueError(f"Training set {k + 1} carries no orientations.")
+        imgs = src.images()
+        check_finite(imgs, what=f"Images of training set {k + 1}")
+        images.append(imgs if imgs.shape[-1] == image_size else downsample(imgs, image_size))
+        quats.append(src.quaternions)
+    first = sources[0]
+    net, history = train_distance_model(images, quats, symmetry=symmetry, seed=seed,
+                                        progress=progress, checkpoint_dir=checkpoint_dir,
+                                        augmentation=augmentation, **kw)
+    meta = dict(image_size=int(image_size),
+                pixel_size=first.pixel_size * first.image_size / image_size,
+                symmetry=symmetry, architecture=kw["architecture"], head=kw["head"],
+                n_features=int(kw["n_features"]), n_particles=int(sum(map(len, sources))),
+                seed=seed)
+    return DistanceModel(net, meta), history
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -207,3 +261,52 @@ def pair_distances(source, model, pairs=None, symmetry="C1", seed=0,
     q = source.quaternions
     d_true = geometry.symmetric_distance(q[pairs[:, 0]], q[pairs[:, 1]], group)
     return d_true, d_est
+
+
+# ---------------------------------------------------------------------------- simulation
+
+SIMULATION_CHUNK = 2048
+
+
+def simulate_to_stack(volume, n, stack_path, image_size=None, voxel_size=1.0, symmetry="C1",
+                      max_shift=0.0, ctf=None, sigma2=None, snr_db=None, seed=0,
+                      oversampling=2, chunk_size=SIMULATION_CHUNK, progress=None):
+    """Simulate ``n`` particles of ``volume`` straight to an MRC stack, ``chunk_size`` at a
+    time (memory: one chunk, whatever ``n``). Returns an ``MrcSource`` over the stack
+    with the true orientations, shifts and CTF as its records.
+
+    Chunk ``c`` is ``imaging.simulate_particles`` (same arguments) with seed
+    ``[seed, c]``; the projections' scale (unit mean variance of the clean images) is
+    measured on the first chunk and kept for the others, so the noise level ``sigma2``
+    means the same everywhere. With ``n <= chunk_size`` this is one
+    ``simulate_particles(..., seed=[seed, 0])`` call. ``progress(done, total)``.
+    """
+    from .imaging import simulate_particles
+    from .source import MrcSource, StackWriter
+    size = volume.shape[0] if image_size is None else int(image_size)
+    pixel_size = voxel_size * volume.shape[0] / size
+    quats, shifts, ctfs = [], [], []
+    scale = None
+    with StackWriter(stack_path, n, size, pixel_size) as writer:
+        for c, start in enumerate(range(0, int(n), int(chunk_size))):
+            stop = min(int(n), start + int(chunk_size))
+            sim = simulate_particles(volume, stop - start, image_size=size, symmetry=symmetry,
+                                     max_shift=max_shift, ctf=ctf, sigma2=sigma2,
+                                     snr_db=snr_db, seed=[int(seed), c], voxel_size=voxel_size,
+                                     oversampling=oversampling, return_clean=False,
+                                     scale=scale)
+            scale = sim["scale"]
+            writer.write(start, sim["images"])
+            quats.append(sim["quaternions"])
+            shifts.append(sim["shifts"])
+            ctfs.append(sim["ctf"])
+            if progress is not None:
+                progress(stop, int(n))
+    ctf_all = None
+    if ctfs[0] is not None:
+        ctf_all = {k: (np.concatenate([np.broadcast_to(c[k], (len(q),))
+                                       for c, q in zip(ctfs, quats)])
+                       if k in ("defocus_u", "defocus_v", "astig_angle") else v)
+                   for k, v in ctfs[0].items()}
+    return MrcSource(stack_path, pixel_size=pixel_size, quaternions=np.concatenate(quats),
+                     shifts=np.concatenate(shifts), ctf=ctf_all)

@@ -36,21 +36,24 @@ class OrientLearnProtReconstruct(OrientLearnProtBase, ProtReconstruct3D):
                       important=True, label="Particles with orientations",
                       help="Particles carrying 3-D orientations (ALIGN_PROJ), from "
                            "'recover orientations', 'compare' or any refinement.")
-        form.addParam("symmetryGroup", params.StringParam, default="C1",
-                      label="Symmetry group", help=geometry.SYMMETRY_HELP)
         form.addParam("method", params.EnumParam, default=RECONSTRUCT_FOURIER,
                       choices=["Fourier inversion (CPU)", "ASTRA CGLS (GPU)"],
                       display=params.EnumParam.DISPLAY_HLIST, label="Method",
-                      help="Fourier inversion runs anywhere and is fast. ASTRA's CGLS needs "
-                           "a CUDA GPU; without one the protocol refuses to start.")
+                      help="Fourier inversion runs anywhere, is fast and corrects the CTF. "
+                           "ASTRA's CGLS needs a CUDA GPU (without one the protocol refuses "
+                           "to start) and does not correct the CTF.")
+        form.addParam("symmetryGroup", params.StringParam, default="C1",
+                      label="Symmetry group", help=geometry.SYMMETRY_HELP)
         form.addParam("iterations", params.IntParam, default=50,
                       condition="method == %d" % RECONSTRUCT_ASTRA,
                       label="CGLS iterations", help="Iterations of ASTRA's CGLS3D_CUDA.")
         form.addParam("doCtfCorrection", params.BooleanParam, default=True,
+                      condition="method == %d" % RECONSTRUCT_FOURIER,
                       label="Correct the CTF?",
                       help="Wiener-like correction with each particle's CTF (when the "
                            "particles carry one).")
         form.addParam("wienerConstant", params.FloatParam, default=0.1,
+                      condition="method == %d" % RECONSTRUCT_FOURIER,
                       expertLevel=params.LEVEL_ADVANCED, label="Wiener constant",
                       help="Regularisation added to sum(CTF^2) in the division; larger "
                            "is smoother.")
@@ -74,49 +77,26 @@ class OrientLearnProtReconstruct(OrientLearnProtBase, ProtReconstruct3D):
         self._insertFunctionStep(self.createOutputStep, signature, needsGPU=False)
 
     # -------------------------- STEPS -------------------------------------------
-    def _readInputs(self):
-        parts = self.inputParticles.get()
-        ids, images = convert.read_particle_images(parts)
-        self._checkImages(ids, images, "Input particles")
-        _, quats, shifts = convert.particle_orientations(parts)
-        ctf_params = convert.particle_ctfs(parts) if self.doCtfCorrection else None
-        return images, quats, shifts, ctf_params
-
-    def _ctfArrays(self, ctf_params, size, pixel_size):
-        if ctf_params is None:
-            return None
-        from ..core import ctf
-        p = ctf_params
-        return ctf.ctf_2d_batch(size, pixel_size, p["defocus_u"], p["defocus_v"],
-                                p["astig_angle"], voltage=p["voltage"], cs=p["cs"],
-                                amplitude_contrast=p["amplitude_contrast"])
+    def _maskRadius(self):
+        return self.maskRadius.get() if self.maskRadius.get() > 0 else None
 
     def reconstructStep(self, signature=None):
-        from ..core import fsc, reconstruction
+        from ..core import fsc, pipeline
         self._configureDevices()
         parts = self.inputParticles.get()
         px = parts.getSamplingRate()
-        images, quats, shifts, ctf_params = self._readInputs()
-        size = images.shape[-1]
-        ctfs = self._ctfArrays(ctf_params, size, px)
-        R = geometry.quaternion_to_matrix(quats)
-        mask = self.maskRadius.get() if self.maskRadius.get() > 0 else None
-        rng = np.random.default_rng(self.seed.get())
-        half = rng.permutation(len(images)) % 2
-
-        def run(sel, label):
-            if self.method == RECONSTRUCT_ASTRA:
-                return reconstruction.reconstruct_astra(images[sel], R[sel], shifts=shifts[sel],
-                                                     iterations=self.iterations.get())
-            return reconstruction.reconstruct_fourier(
-                images[sel], R[sel], shifts=shifts[sel],
-                ctfs=None if ctfs is None else ctfs[sel], symmetry=self.symmetryGroup.get(),
-                wiener_constant=self.wienerConstant.get(), mask_radius=mask,
-                progress=self._progress(label, "images"))
-
-        full = run(np.arange(len(images)), "Full map")
-        half1 = run(np.flatnonzero(half == 0), "Half map 1")
-        half2 = run(np.flatnonzero(half == 1), "Half map 2")
+        fourier = self.method == RECONSTRUCT_FOURIER
+        source = convert.particle_source(parts, orientations=True,
+                                         ctf=fourier and bool(self.doCtfCorrection))
+        self.info(f"Reconstructing from {source}.")
+        if fourier:
+            maps = pipeline.reconstruct_halves(
+                source, symmetry=self.symmetryGroup.get(),
+                wiener_constant=self.wienerConstant.get(), mask_radius=self._maskRadius(),
+                seed=self.seed.get(), progress=self._progress("Half maps", "images"))
+            full, half1, half2 = maps.full, maps.half1, maps.half2
+        else:
+            full, half1, half2 = self._astraMaps(source)
         from ..core.checks import check_map
         for vol, what in ((full, "The reconstructed map"), (half1, "Half map 1"),
                           (half2, "Half map 2")):
@@ -125,7 +105,7 @@ class OrientLearnProtReconstruct(OrientLearnProtBase, ProtReconstruct3D):
             convert.write_volume(self._getExtraPath(name), vol, px)
         freq, fsc_half = fsc.fsc(half1, half2, pixel_size=px)
         arrays = dict(freq=freq, fsc_half=fsc_half, pixel_size=np.array(px))
-        ref = self._readReference(size, px)
+        ref = self._readReference(source.image_size, px)
         if ref is not None:
             freq_r, fsc_ref, flipped = fsc.fsc_with_handedness(full, ref, pixel_size=px)
             arrays.update(fsc_ref=fsc_ref, ref_flipped=np.array(bool(flipped)))
@@ -136,6 +116,28 @@ class OrientLearnProtReconstruct(OrientLearnProtBase, ProtReconstruct3D):
                 r5 = fsc.resolution_at(freq, arrays[key], 0.5)
                 r143 = fsc.resolution_at(freq, arrays[key], 0.143)
                 self.info(f"{key}: FSC0.5 {r5:.2f} A, FSC0.143 {r143:.2f} A")
+
+    def _astraMaps(self, source):
+        """ASTRA CGLS (GPU) of all particles and of each half (``pipeline.half_split``),
+        with the symmetry and the mask; no CTF correction (not in the form for this
+        method). The images are held in memory."""
+        from ..core import pipeline, reconstruction
+        images = source.images()
+        pipeline.check_images(images)
+        R = geometry.quaternion_to_matrix(source.quaternions)
+        half = pipeline.half_split(len(source), self.seed.get())
+        mask = self._maskRadius()
+
+        def run(sel):
+            vol = reconstruction.reconstruct_astra(images[sel], R[sel], shifts=source.shifts[sel],
+                                                   symmetry=self.symmetryGroup.get(),
+                                                   iterations=self.iterations.get())
+            if mask is not None:
+                vol = vol * reconstruction.soft_spherical_mask(vol.shape[0], mask)
+            return vol
+
+        return (run(np.arange(len(images))), run(np.flatnonzero(half == 0)),
+                run(np.flatnonzero(half == 1)))
 
     def _readReference(self, size, px):
         ref_obj = self.referenceVolume.get()

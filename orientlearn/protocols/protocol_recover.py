@@ -12,12 +12,12 @@ from pwem.protocols import ProtInitialVolume
 
 from .. import convert
 from ..constants import RECOVERY_LOSSES
+from ..core.pipeline import RECOVERY_DEFAULTS as DEFAULTS
 from .protocol_base import OrientLearnProtBase
 
 FEATURES_FILE = "features.npy"
 RESULT_FILE = "recovered.npz"
 HISTORY_FILE = "recovery_history.json"
-EMBEDDING_FILE = "embedding.json"
 CONFIDENCE_ATTR = "_orientlearn_residual"
 
 
@@ -56,101 +56,67 @@ class OrientLearnProtRecover(OrientLearnProtBase, ProtInitialVolume):
                            "others. This pins the frame (no O(4) ambiguity left) so the "
                            "output can be reconstructed without ground truth. Only switch "
                            "off to reproduce the paper's setting.")
-        form.addParam("nNeighbors", params.IntParam, default=32, validators=[params.GT(0)],
-                      label="Neighbours per particle",
+        form.addParam("nNeighbors", params.IntParam, default=DEFAULTS["n_neighbors"],
+                      validators=[params.GT(0)], label="Neighbours per particle",
                       help="Nearest neighbours in feature space linked to each particle. "
                            "Small estimated distances are the reliable ones.")
-        form.addParam("nRandom", params.IntParam, default=16, validators=[params.GE(0)],
-                      label="Random pairs per particle",
+        form.addParam("nRandom", params.IntParam, default=DEFAULTS["n_random"],
+                      validators=[params.GE(0)], label="Random pairs per particle",
                       help="Random far pairs per particle; they keep the global shape.")
-        form.addParam("robustLoss", params.EnumParam, default=0, choices=RECOVERY_LOSSES,
+        form.addParam("robustLoss", params.EnumParam,
+                      default=RECOVERY_LOSSES.index(DEFAULTS["loss"]), choices=RECOVERY_LOSSES,
                       display=params.EnumParam.DISPLAY_HLIST,
                       expertLevel=params.LEVEL_ADVANCED, label="Loss on the distances",
                       help="cauchy (default) and huber limit the pull of false neighbours "
                            "(noisy images whose estimated distance is wrong); l2 is the "
                            "paper's eq. 4.")
-        form.addParam("lossScale", params.FloatParam, default=0.3,
+        form.addParam("lossScale", params.FloatParam, default=DEFAULTS["loss_scale"],
                       validators=[params.GT(0)], expertLevel=params.LEVEL_ADVANCED,
                       label="Loss scale (rad)",
                       help="Residuals beyond this scale count less (cauchy, huber).")
-        form.addParam("nSteps", params.IntParam, default=1500, validators=[params.GT(0)],
+        form.addParam("nSteps", params.IntParam, default=DEFAULTS["n_steps"],
+                      validators=[params.GT(0)],
                       expertLevel=params.LEVEL_ADVANCED, label="Optimisation steps",
-                      help="Maximum Adam steps on the sphere (stops earlier on convergence).")
-        form.addParam("learningRate", params.FloatParam, default=0.05,
+                      help="Maximum Adam steps on the sphere (stops earlier on convergence). "
+                           "The start is spectral (from the graph's eigenvectors), so no "
+                           "random restarts are needed.")
+        form.addParam("learningRate", params.FloatParam, default=DEFAULTS["learning_rate"],
                       expertLevel=params.LEVEL_ADVANCED, label="Learning rate",
                       help="Adam step size on the quaternions.")
-        form.addParam("restarts", params.IntParam, default=2,
-                      expertLevel=params.LEVEL_ADVANCED, label="Restarts",
-                      help="Random restarts; the lowest loss is kept.")
         self._addSeedParam(form)
         self._addResourceParams(form)
 
     def _insertAllSteps(self):
         self._acquireRunLock()
         signature = self._stepSignature()
-        self._insertFunctionStep(self.embedStep, signature, needsGPU=True)
-        self._insertFunctionStep(self.recoverStep, signature, needsGPU=False)
+        self._insertFunctionStep(self.recoverStep, signature, needsGPU=True)
         self._insertFunctionStep(self.createOutputStep, signature, needsGPU=False)
 
     # -------------------------- STEPS -------------------------------------------
-    def _transforms(self):
-        from ..core.graph import image_transforms
-        return image_transforms(n_rotations=4, mirror=True)[0] if self.useTransforms \
-            else image_transforms(n_rotations=1, mirror=False)[0]
-
-    def embedStep(self, signature=None):
-        self._configureDevices()
-        from ..core import image_ops, model_io, network
-        model_obj = self.inputModel.get()
-        model, meta = model_io.load_distance_model(model_obj.getFileName())
-        ids, images = convert.read_particle_images(self.inputParticles.get())
-        self._checkImages(ids, images, "Input particles")
-        images = self._toModelGrid(images, model_obj)
-        transforms = self._transforms()
-        feats = []
-        for k, g in enumerate(transforms):
-            self.info(f"Embedding transform {k + 1}/{len(transforms)}")
-            feats.append(network.embed(model, image_ops.apply_image_transform(images, g),
-                                        progress=self._progress(f"Embedding {k + 1}/{len(transforms)}", "images")))
-        np.save(self._getExtraPath(FEATURES_FILE), np.stack(feats).astype(np.float32))
-        with open(self._getExtraPath(EMBEDDING_FILE), "w") as f:
-            json.dump({"head": meta.get("head", "angle")}, f)
-
-    def _toModelGrid(self, images, model_obj):
-        """Resample particles to the model's pixel size and box (and say so)."""
-        from ..core import image_ops
-        parts = self.inputParticles.get()
-        size, rate = model_obj.getImageSize(), model_obj.getSamplingRate()
-        box_A = parts.getXDim() * parts.getSamplingRate()
-        new = int(round(box_A / rate))
-        if new != images.shape[-1]:
-            self.info(f"Resampling particles {images.shape[-1]} px at "
-                      f"{parts.getSamplingRate():.3f} A/px -> {new} px at {rate:.3f} A/px.")
-            images = image_ops.downsample(images, new)
-        if new != size:
-            self.info(f"Cropping/padding the box {new} -> {size} px (model's box).")
-            images = image_ops.crop_or_pad(images, size)
-        return images
-
     def recoverStep(self, signature=None):
-        from ..core import network, recovery
-        feats = np.load(self._getExtraPath(FEATURES_FILE))
-        with open(self._getExtraPath(EMBEDDING_FILE)) as f:
-            head = json.load(f)["head"]
-        q, info = recovery.recover_from_features(
-            feats, self._transforms(), distance_map=lambda a: network.angle_to_distance(a, head),
+        """Read the particles (in batches) and the model, one pipeline call, write."""
+        self._configureDevices()
+        from ..core import pipeline
+        from ..core.model import DistanceModel
+        source = convert.particle_source(self.inputParticles.get(), ctf=False)
+        model = DistanceModel.load(self.inputModel.get().getFileName())
+        new, box = model.grid_for(source.image_size, source.pixel_size)
+        self.info(f"{source}; model {model}: particles resampled to {new} px, box {box} px.")
+        result = pipeline.recover_particles(
+            source, model, use_transforms=bool(self.useTransforms), seed=self.seed.get(),
+            embed_progress=self._progress("Embedding", "images"),
+            progress=self._progress("Recovery", "steps"),
+            n_neighbors=self.nNeighbors.get(), n_random=self.nRandom.get(),
             loss=RECOVERY_LOSSES[self.robustLoss.get()], loss_scale=self.lossScale.get(),
-            n_neighbors=self.nNeighbors.get(),
-            n_random=self.nRandom.get(), n_steps=self.nSteps.get(),
-            learning_rate=self.learningRate.get(), restarts=self.restarts.get(),
-            seed=self.seed.get(), progress=self._progress("Recovery", "steps"))
-        np.savez(self._getExtraPath(RESULT_FILE), quaternions=q,
-                 residual=np.asarray(info["residual"], dtype=np.float64))
+            n_steps=self.nSteps.get(), learning_rate=self.learningRate.get())
+        np.save(self._getExtraPath(FEATURES_FILE), result.features)
+        np.savez(self._getExtraPath(RESULT_FILE), quaternions=result.quaternions,
+                 residual=result.residual)
         with open(self._getExtraPath(HISTORY_FILE), "w") as f:
-            json.dump({"loss": [float(v) for v in info["loss_history"]],
-                       "final_loss": float(info["loss_history"][-1])}, f)
-        self.info(f"Final L_OR {info['loss_history'][-1]:.5g}; median residual "
-                  f"{np.median(info['residual']):.3f} rad.")
+            json.dump({"loss": [float(v) for v in result.loss_history],
+                       "final_loss": result.loss, "init": result.info.get("init", "")}, f)
+        self.info(f"Final L_OR {result.loss:.5g}; median residual "
+                  f"{np.nanmedian(result.residual):.3f} rad ({result.info.get('init', '')} start).")
 
     def createOutputStep(self, signature=None):
         parts = self.inputParticles.get()

@@ -96,7 +96,7 @@ class TestOrientLearnWorkflow(BaseTest):
         self.assertEqual(imp.outputModel.getImageSize(), 32)
 
         rec = self.newProtocol(OrientLearnProtRecover, inputParticles=sim.outputParticles,
-                               inputModel=model, nSteps=100, restarts=1, seed=1,
+                               inputModel=model, nSteps=100, seed=1,
                                numberOfThreads=1)
         self.launchProtocol(rec)
         self.assertKeptToOneThread(rec)
