@@ -57,7 +57,8 @@ setup(
     },
     entry_points={
         "pyworkflow.plugin": "orientlearn = orientlearn",
-        "console_scripts": ["orientlearn-demo = orientlearn.demo:main"],
+        "console_scripts": ["orientlearn = orientlearn.core.commands:main",
+                            "orientlearn-demo = orientlearn.demo:main"],
     },
     classifiers=["Programming Language :: Python :: 3",
                  "Programming Language :: Python :: 3.9",

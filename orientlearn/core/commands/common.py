@@ -1,0 +1,55 @@
+"""What the commands share: progress on the terminal, output checks, sources."""
+import logging
+import os
+
+log = logging.getLogger("orientlearn")
+
+
+def progress(label, unit="particles", interval=5.0):
+    """A ``progress(done, total)`` callable logging rate and ETA."""
+    from ..progress import ProgressReporter
+    return ProgressReporter(log=log.info, label=label, unit=unit, interval=interval)
+
+
+def check_output(path, overwrite=False):
+    """Refuse to replace an existing file unless ``overwrite``; create its folder."""
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists: choose another name or pass --overwrite.")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    return path
+
+
+def add_overwrite(parser):
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output files that already exist")
+
+
+def add_particles(parser, help_text="particles: a RELION STAR file (.star) or an MRC stack"):
+    parser.add_argument("particles", help=help_text)
+    parser.add_argument("--datadir", default=None,
+                        help="folder the STAR file's image names are relative to (default: "
+                             "the STAR file's folder, then the working directory)")
+    parser.add_argument("--pixel-size", type=float, default=None,
+                        help="pixel size in A (default: from the STAR file or stack header)")
+
+
+def read_particles(args):
+    """A particle source from ``args.particles`` (STAR or MRC stack)."""
+    from ..source import MrcSource, read_star
+    if args.particles.endswith(".star"):
+        source = read_star(args.particles, datadir=args.datadir, pixel_size=args.pixel_size)
+    else:
+        source = MrcSource(args.particles, pixel_size=args.pixel_size)
+    log.info("read %s", source)
+    return source
+
+
+def set_threads(args):
+    """Limit TensorFlow's threads (``--threads``) before it starts."""
+    threads = getattr(args, "threads", None)
+    if threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
