@@ -4,7 +4,9 @@ Per noise setting: simulate 5,000 projections of 5j0n (uniform SO(3), 116 px at
 3.667 A/px: the map zero-padded to the box, as in the paper), split them as the paper
 did (2,512 train / 838 validation / 1,650 test), train the distance network on
 train + validation (on a Fourier-downsampled copy, ``--net-size``), embed the test
-particles under the image-side transforms of ``graph.image_transforms()``, recover
+particles under the detector transforms and recover them with the recover protocol's
+pipeline calls (``pipeline.embed_particles`` + ``recover_from_embedding`` =
+``recover_particles``), recover
 their orientations, compare with the truth (E_OR after O(4) alignment, the paper's
 number, and after rotation + handedness only, what reconstruction sees), reconstruct
 the test particles at full size with the rotation-aligned orientations and compute the
@@ -31,8 +33,10 @@ from orientlearn.benchmarking import (
     MAP_PATH, BenchmarkRun, downsampled_noise_factor, peak_rss_mb, split_sizes, support_radius,
     volume_at_size, write_report)
 from orientlearn.core import (
-    alignment, alignment_search, centering, ctf, fsc, geometry, graph, image_ops, model_io, network,
-    reconstruction, recovery, refinement, simulation, training)
+    alignment, alignment_search, centering, ctf, fsc, geometry, image_ops, model_io, network,
+    pipeline, reconstruction, refinement, simulation, training)
+from orientlearn.core.model import DistanceModel
+from orientlearn.core.source import ArraySource
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -132,22 +136,24 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
         log(f"  saved the model to {path}")
     res["stopped_by_time"] = stopped_by_time
 
-    # --- embed the test particles under every image-side transform
+    # --- embed the test particles under every image-side transform, recover: the
+    # pipeline calls of the recover protocol (recover_particles = these two)
     t = time.perf_counter()
-    transforms, _ = graph.image_transforms()
-    test_net = net_images[test]
-    # One embed call for all transforms: each call traces its own tf.function.
-    stacked = np.concatenate([image_ops.apply_image_transform(test_net, g) for g in transforms])
-    features = network.embed(model, stacked).reshape(len(transforms), len(test_net), -1)
+    net_model = DistanceModel(model, dict(image_size=args.net_size,
+                                          pixel_size=pixel_size * args.size / args.net_size,
+                                          head=args.head))
+    test_source = ArraySource(net_images[test], net_model.pixel_size)
+    transforms = pipeline.detector_transforms()
+    features = pipeline.embed_particles(test_source, net_model, transforms)
     times["embed"] = time.perf_counter() - t
 
     # --- recover orientations
     t = time.perf_counter()
-    q_est, info = recovery.recover_from_features(
-        features, transforms, seed=args.seed, n_steps=args.recovery_steps,
-        distance_map=lambda a: network.angle_to_distance(a, args.head))
+    recovered = pipeline.recover_from_embedding(features, transforms, net_model.distance_map,
+                                                seed=args.seed, n_steps=args.recovery_steps)
+    q_est = recovered.quaternions
     times["recover"] = time.perf_counter() - t
-    res["l_or"] = float(info["loss"])
+    res["l_or"] = recovered.loss
     res["rss_recover"] = peak_rss_mb()
 
     # --- compare with the truth

@@ -24,10 +24,10 @@ folder, where ASPIRE writes its ``logs/``); its rotations ``(N, 3, 3)`` are eval
 Our method (``--models SIGMA2=PATH ...``: ``.keras`` files of
 ``distance.save_distance_model``, e.g. ``benchmarks/paper.py --save-model``; ``--model
 PATH``: one model for every level). Each level uses the model trained at the nearest
-sigma^2 at or above it (else the nearest below); the table names it. The images are
-embedded under the image-side transforms of ``graph.image_transforms()`` and
-recovered with ``recovery.recover_from_features`` with the model's distance head
-(``distance.angle_to_distance(a, meta['head'])``), as ``paper.py`` does. Two rows per
+sigma^2 at or above it (else the nearest below); the table names it. The images go
+through what the recover protocol runs (``core.pipeline``): ``embed_particles`` under the
+detector transforms, ``recover_from_embedding`` with the model's distance head, as
+``paper.py`` does. Two rows per
 level: recovery from the same N images as ASPIRE, and (``--ours-all-test``, default on)
 recovery from all 1,650 test images with the errors of the same first N (our method gets
 better with more images; recovery time grows about linearly).
@@ -61,7 +61,8 @@ import numpy as np
 from orientlearn.benchmarking import (
     MAP_PATH, BenchmarkRun, downsampled_noise_factor, peak_rss_mb, simulate_like_paper,
     split_sizes, volume_at_size, write_report)
-from orientlearn.core import alignment, geometry, graph, image_ops, recovery
+from orientlearn.core import alignment, geometry, pipeline
+from orientlearn.core.source import ArraySource
 from orientlearn.core.peer_aspire import (
     ASPIRE_PYTHON_VAR, DEFAULT_CONVENTION, DEFAULT_VENV, AspireUnavailable, choose_convention,
     convention_name, convert, ensure_aspire_venv, has_aspire, run_aspire)
@@ -126,34 +127,34 @@ def pick_model(models, sigma2):
 
 
 class Ours:
-    """Our method with one loaded model: embed under the image transforms, recover."""
+    """Our method with one loaded model: what the recover protocol runs
+    (``pipeline.embed_particles`` under the detector transforms, then
+    ``pipeline.recover_from_embedding``; ``recover_particles`` is these two calls)."""
 
     _cache = {}
 
     def __init__(self, path, size, log):
-        from orientlearn.core import model_io, network
-        self.network = network
+        from orientlearn.core.model import DistanceModel
         if path not in Ours._cache:
             t = time.perf_counter()
-            Ours._cache[path] = model_io.load_distance_model(path)
+            Ours._cache[path] = DistanceModel.load(path)
             log(f"  loaded {path} in {time.perf_counter() - t:.1f} s")
-        self.model, self.meta = Ours._cache[path]
-        self.head = self.meta.get("head", "angle")
-        if int(self.meta.get("image_size", size)) != size:
-            raise SystemExit(f"ERROR: {path} expects {self.meta['image_size']} px images; the "
+        self.model = Ours._cache[path]
+        if (self.model.image_size or size) != size:
+            raise SystemExit(f"ERROR: {path} expects {self.model.image_size} px images; the "
                              f"images here are {size} px (--size)")
-        self.transforms, _ = graph.image_transforms()
+        self.transforms = pipeline.detector_transforms()
 
     def embed(self, images):
-        k, n = len(self.transforms), len(images)
-        stacked = np.concatenate([image_ops.apply_image_transform(images, g)
-                                  for g in self.transforms])
-        return self.network.embed(self.model, stacked).reshape(k, n, -1)
+        # The images are on the model's grid already: its own pixel size.
+        source = ArraySource(images, self.model.pixel_size or 1.0)
+        return pipeline.embed_particles(source, self.model, self.transforms)
 
     def recover(self, features, seed, n_steps):
-        return recovery.recover_from_features(
-            features, self.transforms, seed=seed, n_steps=n_steps,
-            distance_map=lambda a: self.network.angle_to_distance(a, self.head))
+        result = pipeline.recover_from_embedding(features, self.transforms,
+                                                 self.model.distance_map, seed=seed,
+                                                 n_steps=n_steps)
+        return result.quaternions, result.info
 
 
 def run_ours(ours, images, q_true, n, args, log):
@@ -371,7 +372,7 @@ def main(argv=None):
     if used:
         lines.append(
             f"- our method: embedding under the 8 image transforms + "
-            f"`recover_from_features` (defaults, {args.recovery_steps} steps, seed "
+            f"`pipeline.recover_from_embedding` (defaults, {args.recovery_steps} steps, seed "
             f"{args.seed}, distance map of the model's head); 'time' = embedding + recovery "
             f"(model loading excluded; the first embedding includes TensorFlow's tracing); "
             f"RSS = peak of this benchmark process (includes the simulation)"

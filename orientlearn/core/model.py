@@ -1,15 +1,15 @@
 """A trained distance network bound to what it needs to be used: ``DistanceModel``.
 
 The Keras embedding ``G`` alone does not say how its features become distances (the
-*head*, ``distance.DISTANCE_HEADS``) nor on which image grid (box ``S`` pixels at
+*head*, ``network.DISTANCE_HEADS``) nor on which image grid (box ``S`` pixels at
 ``pixel_size`` Angstrom) it was trained. ``DistanceModel`` keeps them together, from
-the model's metadata (``distance.save_distance_model``), and offers the three things
+the model's metadata (``model_io.save_distance_model``), and offers the three things
 every caller needs:
 
 * ``prepare(images, pixel_size)``: Fourier-resample particles to the model's pixel
   size, then centre-crop or zero-pad to its box;
 * ``embed(images, transforms)``: unit features ``(K, B, F)`` of a batch under ``K``
-  image-side transforms (``recovery.image_transforms``), all in ONE call of a forward
+  image-side transforms (``graph.image_transforms``), all in ONE call of a forward
   function traced once per model (not once per transform or per batch);
 * ``distance_map(angles)``: feature angles to distance estimates with the model's head.
 """
@@ -27,7 +27,7 @@ class DistanceModel:
     """
 
     def __init__(self, keras_model, metadata=None, path=None):
-        from .distance import DISTANCE_HEADS
+        from .network import DISTANCE_HEADS
         self.keras_model = keras_model
         self.metadata = dict(metadata or {})
         self.metadata.setdefault("head", "angle")
@@ -40,16 +40,16 @@ class DistanceModel:
     # ------------------------------------------------------------------ I/O
     @classmethod
     def load(cls, path):
-        """Load a model saved by ``save`` / ``distance.save_distance_model`` (``.keras``
+        """Load a model saved by ``save`` / ``model_io.save_distance_model`` (``.keras``
         with its metadata). Raises ``FileNotFoundError`` / ``ValueError`` with the file
         name when it is missing or unreadable."""
-        from .distance import load_distance_model
+        from .model_io import load_distance_model
         model, meta = load_distance_model(path)
         return cls(model, meta, path=str(path))
 
     def save(self, path):
         """Save the network and its metadata; returns the model path."""
-        from .distance import save_distance_model
+        from .model_io import save_distance_model
         self.path = save_distance_model(self.keras_model, path, self.metadata)[0]
         return self.path
 
@@ -89,13 +89,13 @@ class DistanceModel:
     def prepare(self, images, pixel_size):
         """Particles ``(B, S, S)`` at ``pixel_size`` A -> float32 ``(B, S', S')`` on the
         model's grid (Fourier resampling, then centred crop or zero-padding)."""
-        from . import imaging
+        from . import image_ops
         images = np.asarray(images, dtype=np.float32)
         new, box = self.grid_for(images.shape[-1], pixel_size)
         if new != images.shape[-1]:
-            images = imaging.downsample(images, new)
+            images = image_ops.downsample(images, new)
         if box != images.shape[-1]:
-            images = imaging.crop_or_pad(images, box)
+            images = image_ops.crop_or_pad(images, box)
         return images
 
     def check_particles(self, image_size, pixel_size, tolerance=0.15):
@@ -129,8 +129,8 @@ class DistanceModel:
 
     def features(self, images):
         """Unit features ``(B, F)`` float32 of images ``(B, S, S)`` already on the model's
-        grid (standardised per image by ``distance.preprocess_images``)."""
-        from .distance import preprocess_images
+        grid (standardised per image by ``network.preprocess_images``)."""
+        from .network import preprocess_images
         import tensorflow as tf
         if len(images) == 0:
             return np.zeros((0, self.n_features), np.float32)
@@ -141,19 +141,19 @@ class DistanceModel:
         """Features ``(K, B, F)`` of images ``(B, S, S)`` (on the model's grid) under the
         ``K`` image-side transforms ``(K, 4)`` (default: the identity only), in one
         forward call over the ``K B`` transformed images."""
-        from . import imaging
+        from . import image_ops
         images = np.asarray(images, dtype=np.float32)
         if transforms is None:
             transforms = np.array([[1.0, 0.0, 0.0, 0.0]])
-        stacked = np.concatenate([imaging.apply_image_transform(images, g) for g in transforms])
+        stacked = np.concatenate([image_ops.apply_image_transform(images, g) for g in transforms])
         return self.features(stacked).reshape(len(transforms), len(images), -1)
 
     def distance_map(self, angles):
         """Distance estimates (radians) from feature angles with the model's head."""
-        from .distance import angle_to_distance
+        from .network import angle_to_distance
         return angle_to_distance(angles, self.head)
 
     def pair_distances(self, features_a, features_b):
         """``d_hat`` (radians) between feature rows ``(..., F)`` with the model's head."""
-        from .distance import feature_distance
+        from .network import feature_distance
         return feature_distance(features_a, features_b, self.head)

@@ -6,7 +6,7 @@ involved, a ``model.DistanceModel``; memory is bounded by the batch, not by the 
 particles (features are ``K x N x F`` float32, small; maps are ``N^3``).
 
 * ``embed_particles``: features ``(K, N, F)`` of every particle under ``K`` image-side
-  transforms (the D4 group of the detector, ``recovery.image_transforms``).
+  transforms (the D4 group of the detector, ``graph.image_transforms``).
 * ``recover_particles``: embed, build the distance graph, recover the orientations
   (``recovery.recover_from_features``) with the product defaults ``RECOVERY_DEFAULTS``.
 * ``reconstruct_halves``: one streamed pass over the particles into two Fourier
@@ -39,7 +39,7 @@ def detector_transforms(use_transforms=True):
     """``(K, 4)`` image-side transforms: the 8 of D4 (rotations by k 90 degrees, with and
     without the mirror), which pin the detector frame, or only the identity (the paper's
     setting, defined up to O(4))."""
-    from .recovery import image_transforms
+    from .graph import image_transforms
     return (image_transforms(n_rotations=4, mirror=True)[0] if use_transforms
             else image_transforms(n_rotations=1, mirror=False)[0])
 
@@ -129,7 +129,7 @@ class HalfMaps:
 
     def resolution(self, threshold=0.143):
         """Half-map resolution (A) where the FSC drops below ``threshold``."""
-        from .reconstruct import resolution_at
+        from .fsc import resolution_at
         return resolution_at(self.frequencies, self.fsc, threshold)
 
 
@@ -160,7 +160,8 @@ def reconstruct_halves(source, symmetry="C1", ctf=True, wiener_constant=0.1,
     group applied when inserting; ``mask_radius`` (px): soft spherical mask of all maps.
     ``progress(done, total)`` in particles. Returns ``HalfMaps``.
     """
-    from .reconstruct import FourierAccumulator, fsc
+    from .fsc import fsc
+    from .reconstruction import FourierAccumulator
     if source.quaternions is None:
         raise ValueError("The particles carry no orientations: recover or import them first.")
     if len(source) < 2:
@@ -204,11 +205,11 @@ def train_model(sources, image_size=TRAINING_IMAGE_SIZE, symmetry="C1", seed=0,
     orientations and the same box in Angstrom). Their images are read whole (training
     draws random batches) and Fourier-resampled to ``image_size`` px, so the model's
     pixel size is ``pixel_size * S / image_size``. ``options``: keywords of
-    ``distance.train_distance_model`` (defaults ``TRAINING_DEFAULTS``). Returns
+    ``training.train_distance_model`` (defaults ``TRAINING_DEFAULTS``). Returns
     ``(model, history)``; the model's metadata holds its grid, head and training summary.
     """
-    from .distance import train_distance_model
-    from .imaging import downsample
+    from .training import train_distance_model
+    from .image_ops import downsample
     from .model import DistanceModel
     sources = [sources] if hasattr(sources, "images") else list(sources)
     kw = dict(TRAINING_DEFAULTS)
@@ -275,13 +276,13 @@ def simulate_to_stack(volume, n, stack_path, image_size=None, voxel_size=1.0, sy
     time (memory: one chunk, whatever ``n``). Returns an ``MrcSource`` over the stack
     with the true orientations, shifts and CTF as its records.
 
-    Chunk ``c`` is ``imaging.simulate_particles`` (same arguments) with seed
+    Chunk ``c`` is ``simulation.simulate_particles`` (same arguments) with seed
     ``[seed, c]``; the projections' scale (unit mean variance of the clean images) is
     measured on the first chunk and kept for the others, so the noise level ``sigma2``
     means the same everywhere. With ``n <= chunk_size`` this is one
     ``simulate_particles(..., seed=[seed, 0])`` call. ``progress(done, total)``.
     """
-    from .imaging import simulate_particles
+    from .simulation import simulate_particles
     from .source import MrcSource, StackWriter
     size = volume.shape[0] if image_size is None else int(image_size)
     pixel_size = voxel_size * volume.shape[0] / size

@@ -5,7 +5,7 @@ particle, an orientation (unit quaternion ``(w, x, y, z)``, ``geometry`` convent
 shift (``(tx, ty)`` pixels: the particle's centre sits at box centre + ``t``) and CTF
 parameters (``defocus_u``, ``defocus_v`` Angstrom, ``astig_angle`` radians, plus the
 acquisition's ``voltage`` kV, ``cs`` mm, ``amplitude_contrast``, ``phase_shift`` rad: the
-keywords of ``imaging.ctf_2d_batch``). Images are only read when asked for,
+keywords of ``ctf.ctf_2d_batch``). Images are only read when asked for,
 ``images(start, stop)`` or ``batches(batch_size)``, so memory stays bounded whatever
 ``N`` (in the spirit of ASPIRE's ``ImageSource`` and cryoDRGN's lazy ``ImageDataset``).
 
@@ -127,7 +127,7 @@ class ParticleSource:
         ``size`` grid (``pixel_size`` default: the source's), or None without CTF."""
         if self.ctf is None:
             return None
-        from .imaging import ctf_2d_batch
+        from .ctf import ctf_2d_batch
         idx = np.asarray(indices, dtype=np.int64)
         c = self.ctf
         return ctf_2d_batch(size, self.pixel_size if pixel_size is None else pixel_size,

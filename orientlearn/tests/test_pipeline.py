@@ -3,7 +3,8 @@ CLI, demo and benchmarks share. Core only: no Scipion import."""
 import numpy as np
 import pytest
 
-from orientlearn.core import alignment, geometry, imaging, pipeline, reconstruct
+from orientlearn.core import (alignment, ctf, fsc, geometry, image_ops, network, pipeline,
+                              reconstruction, simulation)
 from orientlearn.core.source import ArraySource, MrcSource, StackWriter
 
 SIZE = 16
@@ -19,7 +20,7 @@ def _blob_volume(n=SIZE):
 
 
 def _oriented_stack(tmp_path, n=40):
-    sim = imaging.simulate_particles(_blob_volume(), n, max_shift=2.0, ctf=True, sigma2=0.5,
+    sim = simulation.simulate_particles(_blob_volume(), n, max_shift=2.0, ctf=True, sigma2=0.5,
                                      voxel_size=3.0, seed=4)
     path = str(tmp_path / "p.mrcs")
     with StackWriter(path, n, SIZE, sim["pixel_size"]) as w:
@@ -37,13 +38,13 @@ def test_streamed_half_maps_equal_whole_stack_reconstructions(tmp_path):
     p = sim["ctf"]
 
     def ctfs_of(idx_all):
-        return lambda i, size: imaging.ctf_2d_batch(
+        return lambda i, size: ctf.ctf_2d_batch(
             size, sim["pixel_size"], p["defocus_u"][idx_all[i]], p["defocus_v"][idx_all[i]],
             p["astig_angle"][idx_all[i]], voltage=p["voltage"], cs=p["cs"],
             amplitude_contrast=p["amplitude_contrast"], phase_shift=p["phase_shift"])
 
     def direct(idx):
-        return reconstruct.reconstruct_fourier(
+        return reconstruction.reconstruct_fourier(
             sim["images"][idx], sim["quaternions"][idx], shifts=sim["shifts"][idx],
             ctfs=ctfs_of(idx), mask_radius=6)
 
@@ -55,7 +56,7 @@ def test_streamed_half_maps_equal_whole_stack_reconstructions(tmp_path):
         assert np.abs(vol - ref).max() < 1e-4 * np.abs(ref).max()
     # The halves differ (different particles) and the FSC is that of the two halves.
     assert np.abs(res.half1 - res.half2).max() > 0.05 * np.abs(res.full).max()
-    _, f = reconstruct.fsc(res.half1, res.half2, src.pixel_size)
+    _, f = fsc.fsc(res.half1, res.half2, src.pixel_size)
     np.testing.assert_allclose(res.fsc, f)
     # Same seed, same split.
     np.testing.assert_array_equal(pipeline.half_split(40, 3), res.half)
@@ -84,12 +85,11 @@ def _rotation_features(q, transforms):
 def test_recovery_from_exact_features_is_accurate():
     """Exact distances through the product path (graph + recovery, product defaults):
     error < 0.05 rad after a global rotation and handedness."""
-    from orientlearn.core.distance import angle_to_distance
     q = geometry.uniform_quaternions(300, seed=5)
     transforms = pipeline.detector_transforms()
     feats = _rotation_features(q, transforms)
     res = pipeline.recover_from_embedding(feats, transforms,
-                                          lambda a: angle_to_distance(a, "rotation"),
+                                          lambda a: network.angle_to_distance(a, "rotation"),
                                           seed=0, n_steps=400)
     cmp = alignment.compare_orientations(q, res.quaternions)
     assert cmp["rot_median"] < 0.05, cmp["rot_median"]
@@ -98,9 +98,8 @@ def test_recovery_from_exact_features_is_accurate():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from orientlearn.core import distance
     from orientlearn.core.model import DistanceModel
-    net = distance.build_embedding_network("resnet", n_features=8, width=4, seed=0)
+    net = network.build_embedding_network("resnet", n_features=8, width=4, seed=0)
     return DistanceModel(net, dict(image_size=SIZE, pixel_size=2.0, head="rotation"))
 
 
@@ -109,13 +108,12 @@ def test_model_prepares_particles_on_its_grid(tiny_model):
     # 24 px at 1 A/px: 24 A box -> 12 px at 2 A/px, zero-padded to the model's 16 px.
     out = tiny_model.prepare(images, 1.0)
     assert out.shape == (3, SIZE, SIZE)
-    np.testing.assert_allclose(out, imaging.crop_or_pad(imaging.downsample(images, 12), SIZE))
+    np.testing.assert_allclose(out, image_ops.crop_or_pad(image_ops.downsample(images, 12), SIZE))
     assert tiny_model.check_particles(24, 1.0) is not None       # 24 A vs 32 A
     assert tiny_model.check_particles(16, 2.0) is None
 
 
 def test_embedding_is_one_traced_call_equal_to_per_transform_embedding(tiny_model):
-    from orientlearn.core import distance
     rng = np.random.default_rng(1)
     images = rng.standard_normal((23, SIZE, SIZE)).astype(np.float32)
     src = ArraySource(images, 2.0)
@@ -123,7 +121,7 @@ def test_embedding_is_one_traced_call_equal_to_per_transform_embedding(tiny_mode
     feats = pipeline.embed_particles(src, tiny_model, transforms, batch_size=10)
     assert feats.shape == (8, 23, 8)
     for k, g in enumerate(transforms):
-        ref = distance.embed(tiny_model.keras_model, imaging.apply_image_transform(images, g))
+        ref = network.embed(tiny_model.keras_model, image_ops.apply_image_transform(images, g))
         np.testing.assert_allclose(feats[k], ref, atol=1e-5)
     # Batches of 10, 10 and 3 particles (80, 80, 24 images): one trace.
     assert tiny_model._forward.experimental_get_tracing_count() == 1

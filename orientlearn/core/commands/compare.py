@@ -27,7 +27,7 @@ def add_args(parser):
 
 def main(args):
     import numpy as np
-    from .. import imaging, reconstruct
+    from .. import fsc, volumes
     from ..alignment import compare_orientations
     from ..source import read_star, write_star
     from .common import check_output
@@ -54,13 +54,13 @@ def main(args):
         write_star(args.out, est.with_records(quaternions=res["rot_aligned"]))
         log.info("wrote %s", args.out)
     if args.map:
-        vol, px = imaging.read_volume(args.map)
-        refmap, px_ref = imaging.read_volume(args.reference_map)
+        vol, px = volumes.read_volume(args.map)
+        refmap, px_ref = volumes.read_volume(args.reference_map)
         new = int(round(refmap.shape[0] * px_ref / px))
         if new != refmap.shape[0]:
-            refmap = imaging.downsample_volume(refmap, new)
-        refmap = imaging.crop_or_pad_volume(refmap, vol.shape[0])
-        freq, values, flipped = reconstruct.fsc_with_handedness(vol, refmap, px)
+            refmap = volumes.downsample_volume(refmap, new)
+        refmap = volumes.crop_or_pad_volume(refmap, vol.shape[0])
+        freq, values, flipped = fsc.fsc_with_handedness(vol, refmap, px)
         print(f"map FSC vs reference{' (mirrored map)' if flipped else ''}: "
-              f"{reconstruct.resolution_at(freq, values, 0.5):.2f} A at 0.5, "
-              f"{reconstruct.resolution_at(freq, values, 0.143):.2f} A at 0.143")
+              f"{fsc.resolution_at(freq, values, 0.5):.2f} A at 0.5, "
+              f"{fsc.resolution_at(freq, values, 0.143):.2f} A at 0.143")

@@ -45,7 +45,7 @@ def _write_map(path, volume, pixel_size):
 
 def main(args):
     import numpy as np
-    from .. import imaging, reconstruct
+    from .. import fsc, volumes
     from ..pipeline import reconstruct_halves
     from .common import check_output, progress, read_particles
     root = os.path.splitext(args.out)[0]
@@ -60,18 +60,18 @@ def main(args):
     log.info("half-map FSC: %.2f A at 0.143, %.2f A at 0.5", maps.resolution(0.143),
              maps.resolution(0.5))
     if args.reference:
-        ref, voxel = imaging.read_volume(args.reference)
+        ref, voxel = volumes.read_volume(args.reference)
         new = int(round(ref.shape[0] * voxel / source.pixel_size))
         if new != ref.shape[0]:
-            ref = imaging.downsample_volume(ref, new)
-        ref = imaging.crop_or_pad_volume(ref, source.image_size)
-        _, fsc_ref, flipped = reconstruct.fsc_with_handedness(maps.full, ref, source.pixel_size)
+            ref = volumes.downsample_volume(ref, new)
+        ref = volumes.crop_or_pad_volume(ref, source.image_size)
+        _, fsc_ref, flipped = fsc.fsc_with_handedness(maps.full, ref, source.pixel_size)
         columns.append(fsc_ref)
         header += " fsc_reference"
         log.info("FSC vs %s%s: %.2f A at 0.143, %.2f A at 0.5", args.reference,
                  " (mirrored map)" if flipped else "",
-                 reconstruct.resolution_at(maps.frequencies, fsc_ref, 0.143),
-                 reconstruct.resolution_at(maps.frequencies, fsc_ref, 0.5))
+                 fsc.resolution_at(maps.frequencies, fsc_ref, 0.143),
+                 fsc.resolution_at(maps.frequencies, fsc_ref, 0.5))
     for path, vol in zip(paths, (maps.full, maps.half1, maps.half2)):
         _write_map(path, vol, source.pixel_size)
     np.savetxt(paths[3], np.stack(columns, axis=1), header=header, fmt="%.6g")

@@ -48,13 +48,13 @@ def add_args(parser):
 
 
 def main(args):
-    from .. import imaging
+    from .. import volumes
     from ..pipeline import simulate_to_stack
     from ..source import write_star
     from .common import check_output, progress
     star = check_output(args.out, args.overwrite)
     stack = check_output(os.path.splitext(star)[0] + ".mrcs", args.overwrite)
-    volume, voxel = imaging.read_volume(args.volume)
+    volume, voxel = volumes.read_volume(args.volume)
     voxel = args.voxel_size or voxel
     if not voxel or voxel <= 0:
         raise ValueError(f"{args.volume} has no voxel size: give --voxel-size.")
