@@ -46,10 +46,8 @@ def read_particles(args):
 
 
 def set_threads(args):
-    """Limit TensorFlow's threads (``--threads``) before it starts."""
+    """Keep every library to ``--threads`` threads (``resources.limit_threads``)."""
     threads = getattr(args, "threads", None)
     if threads:
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        from ..resources import limit_threads
+        limit_threads(int(threads))

@@ -22,6 +22,8 @@ def add_args(parser):
     parser.add_argument("--reference-map", default=None, help="the reference map")
     parser.add_argument("--datadir", default=None,
                         help="folder the STAR files' image names are relative to")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: the usable cores)")
     add_overwrite(parser)
 
 
@@ -30,7 +32,8 @@ def main(args):
     from .. import fsc, volumes
     from ..alignment import compare_orientations
     from ..source import read_star, write_star
-    from .common import check_output
+    from .common import check_output, set_threads
+    set_threads(args)
     if args.out:
         check_output(args.out, args.overwrite)
     if (args.map is None) != (args.reference_map is None):

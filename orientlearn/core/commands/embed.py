@@ -19,7 +19,7 @@ def add_args(parser):
     parser.add_argument("--batch-size", type=int, default=128,
                         help="particles per batch (default 128)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for TensorFlow (default: all)")
+                        help="CPU threads (default: the usable cores)")
     add_overwrite(parser)
 
 

@@ -31,7 +31,7 @@ def add_args(parser):
     parser.add_argument("--batch-size", type=int, default=256,
                         help="particles read per batch (default 256)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="threads inserting images (default: usable cores, at most 4)")
+                        help="CPU threads (default: the usable cores)")
     add_overwrite(parser)
 
 
@@ -47,7 +47,8 @@ def main(args):
     import numpy as np
     from .. import fsc, volumes
     from ..pipeline import reconstruct_halves
-    from .common import check_output, progress, read_particles
+    from .common import check_output, progress, read_particles, set_threads
+    set_threads(args)
     root = os.path.splitext(args.out)[0]
     paths = [check_output(p, args.overwrite) for p in
              (args.out, root + "_half1.mrc", root + "_half2.mrc", root + "_fsc.txt")]
@@ -55,7 +56,7 @@ def main(args):
     maps = reconstruct_halves(source, symmetry=args.symmetry, ctf=not args.no_ctf,
                               wiener_constant=args.wiener, mask_radius=args.mask_radius,
                               seed=args.seed, batch_size=args.batch_size,
-                              n_threads=args.threads, progress=progress("reconstruct"))
+                              progress=progress("reconstruct"))
     columns, header = [maps.frequencies, maps.fsc], "frequency_1/A fsc_half"
     log.info("half-map FSC: %.2f A at 0.143, %.2f A at 0.5", maps.resolution(0.143),
              maps.resolution(0.5))

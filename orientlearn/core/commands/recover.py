@@ -40,7 +40,7 @@ def add_args(parser):
                         help="also save the features (K, N, F) to this .npy file")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for TensorFlow (default: all)")
+                        help="CPU threads (default: the usable cores)")
     add_overwrite(parser)
 
 

@@ -44,6 +44,8 @@ def add_args(parser):
     parser.add_argument("--chunk-size", type=int, default=2048,
                         help="particles simulated at a time (default 2048)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: the usable cores)")
     add_overwrite(parser)
 
 
@@ -51,7 +53,8 @@ def main(args):
     from .. import volumes
     from ..pipeline import simulate_to_stack
     from ..source import write_star
-    from .common import check_output, progress
+    from .common import check_output, progress, set_threads
+    set_threads(args)
     star = check_output(args.out, args.overwrite)
     stack = check_output(os.path.splitext(star)[0] + ".mrcs", args.overwrite)
     volume, voxel = volumes.read_volume(args.volume)

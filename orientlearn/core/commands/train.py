@@ -57,7 +57,7 @@ def add_args(parser):
                         help="save after each epoch here; resumes from it if present")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for TensorFlow (default: all)")
+                        help="CPU threads (default: the usable cores)")
     add_overwrite(parser)
 
 
