@@ -265,21 +265,22 @@ class OrientLearnProtTrain(OrientLearnProtBase, Prot3D):
         return DISTANCE_HEADS[self.distanceHead.get()]
 
     def _evaluate(self, model, images, quats, history):
-        """Estimated vs true distances on held-out particles, for the viewer (paper Fig. 6)."""
-        from ..core import model_io, network
+        """Estimated vs true distances on held-out particles, for the viewer (paper Fig. 6):
+        ``pipeline.pair_distances`` on all pairs of up to 400 validation particles."""
+        from ..core import model_io, pipeline
+        from ..core.model import DistanceModel as BoundModel
+        from ..core.source import ArraySource
         idx = model_io.validation_indices([len(x) for x in images],
                                           self.validationFraction.get(), seed=self.seed.get())[0]
-        imgs, q = images[0][idx], quats[0][idx]
-        rng = np.random.default_rng(self.seed.get())
-        sel = rng.choice(len(imgs), size=min(len(imgs), 400), replace=False)
-        feats = network.embed(model, imgs[sel])
-        a, b = np.triu_indices(len(sel), k=1)
-        d_est = network.feature_distance(feats[a], feats[b], self._head())
-        group = geometry.symmetry_group(self.symmetryGroup.get())
-        d_true = geometry.symmetric_distance(q[sel][a], q[sel][b], group)
+        meta = self._metadata(images)
+        held_out = ArraySource(images[0][idx], meta["pixel_size"], quaternions=quats[0][idx])
+        d_true, d_est = pipeline.pair_distances(held_out, BoundModel(model, meta),
+                                                symmetry=self.symmetryGroup.get(),
+                                                seed=self.seed.get(), max_particles=400)
         np.savez(self._getExtraPath(EVALUATION_FILE), d_true=d_true, d_est=d_est)
         mae = float(np.mean(np.abs(d_est - d_true)))
-        self.info(f"Validation pairs: mean |d_hat - d_q| = {mae:.3f} rad over {len(a)} pairs.")
+        self.info(f"Validation pairs: mean |d_hat - d_q| = {mae:.3f} rad over {len(d_true)} "
+                  "pairs.")
 
     def createOutputStep(self, signature=None):
         first = self.inputParticles[0].get()
