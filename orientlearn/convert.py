@@ -126,23 +126,27 @@ def _iter_stack_chunks(filename, indices, chunk):
 def particle_source(particles, orientations=False, ctf=True):
     """A ``core.source.MrcSource`` over a SetOfParticles, in id order: images read in
     batches from their stacks (never the whole set in memory), the set's sampling rate,
-    the particles' shifts (and orientations with ``orientations=True``) from ALIGN_PROJ
-    when they carry one, and their CTF (with ``ctf``) when the set has one."""
+    the offsets the particles carry (``particle_shifts``: 3-D or 2-D alignment, zeros
+    without), their orientations with ``orientations=True`` (ALIGN_PROJ), their CTF
+    (with ``ctf``) when the set has one, and their ids (named in error messages)."""
     from .core.source import MrcSource
-    locations = []
+    locations, ids = [], []
     for p in particles.iterItems(orderBy="id"):
         index, fn = p.getLocation()
         locations.append((clean_path(fn), (index or 1) - 1))
+        ids.append(p.getObjId())
     if not locations:
         raise ValueError("The set of particles is empty.")
-    quats = shifts = None
-    if has_projection_alignment(particles):
-        _, q, shifts = particle_orientations(particles)
-        quats = q if orientations else None
-    elif orientations:
-        raise ValueError("The particles carry no 3-D orientations (ALIGN_PROJ).")
-    return MrcSource(locations, pixel_size=particles.getSamplingRate(), quaternions=quats,
-                     shifts=shifts, ctf=particle_ctfs(particles) if ctf else None)
+    quats = None
+    if orientations:
+        if not has_projection_alignment(particles):
+            raise ValueError("The particles carry no 3-D orientations (ALIGN_PROJ).")
+        quats = particle_orientations(particles)[1]
+    source = MrcSource(locations, pixel_size=particles.getSamplingRate(), quaternions=quats,
+                       shifts=particle_shifts(particles),
+                       ctf=particle_ctfs(particles) if ctf else None)
+    source.ids = np.asarray(ids)
+    return source
 
 
 def particle_orientations(particles):

@@ -20,7 +20,7 @@ from . import geometry
 
 __all__ = ["RECOVERY_DEFAULTS", "RECONSTRUCTION_DEFAULTS", "detector_transforms",
            "embed_particles", "recover_particles", "recover_from_embedding", "Recovery",
-           "reconstruct_halves", "HalfMaps", "half_split", "pair_distances", "check_finite",
+           "reconstruct_halves", "HalfMaps", "half_split", "pair_distances", "check_images",
            "simulate_to_stack", "train_model", "TRAINING_DEFAULTS"]
 
 #: Defaults of the recovery (protocol form, CLI, demo and benchmarks share them).
@@ -44,14 +44,22 @@ def detector_transforms(use_transforms=True):
             else image_transforms(n_rotations=1, mirror=False)[0])
 
 
-def check_finite(images, start=0, what="Particle images"):
-    """Raise ``ValueError`` naming the particles (0-based) whose images hold NaN or inf."""
-    bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
-    if bad.any():
-        idx = start + np.flatnonzero(bad)
-        raise ValueError(f"{what} contain NaN or infinite values (particles "
-                         f"{', '.join(map(str, idx[:10]))}{'...' if len(idx) > 10 else ''}, "
-                         "0-based): fix or remove those particles first.")
+def check_images(images, start=0, what="Particle images", ids=None):
+    """Raise ``ValueError`` naming the particles whose images are non-finite, constant or
+    overflowing (``checks.image_defects``): ``ids`` (their identifiers, e.g. Scipion ids)
+    or their 0-based positions ``start + i``."""
+    from .checks import describe_image_defects, image_defects
+    names = np.arange(start, start + len(images)) if ids is None else np.asarray(ids)
+    messages = describe_image_defects(names, image_defects(images), what)
+    if messages:
+        raise ValueError(" ".join(messages))
+
+
+def _check_batch(source, images, start):
+    ids = getattr(source, "ids", None)
+    check_images(images, start, ids=None if ids is None else ids[start:start + len(images)],
+                 what="Particle images" if ids is not None else
+                 "Particle images (0-based positions)")
 
 
 def embed_particles(source, model, transforms=None, batch_size=EMBED_BATCH, progress=None):
@@ -62,7 +70,7 @@ def embed_particles(source, model, transforms=None, batch_size=EMBED_BATCH, prog
     transforms = detector_transforms() if transforms is None else np.asarray(transforms)
     out = np.empty((len(transforms), len(source), model.n_features), np.float32)
     for start, stop, images in source.batches(batch_size, progress):
-        check_finite(images, start)
+        _check_batch(source, images, start)
         out[:, start:stop] = model.embed(model.prepare(images, source.pixel_size), transforms)
     return out
 
@@ -173,7 +181,7 @@ def reconstruct_halves(source, symmetry="C1", ctf=True, wiener_constant=0.1,
     use_ctf = bool(ctf) and source.ctf is not None
     R = geometry.quaternion_to_matrix(source.quaternions)
     for start, stop, images in source.batches(batch_size, progress):
-        check_finite(images, start)
+        _check_batch(source, images, start)
         for h in (0, 1):
             sel = start + np.flatnonzero(half[start:stop] == h)
             if not len(sel):
@@ -219,7 +227,7 @@ def train_model(sources, image_size=TRAINING_IMAGE_SIZE, symmetry="C1", seed=0,
         if src.quaternions is None:
             raise ValueError(f"Training set {k + 1} carries no orientations.")
         imgs = src.images()
-        check_finite(imgs, what=f"Images of training set {k + 1}")
+        _check_batch(src, imgs, 0)
         images.append(imgs if imgs.shape[-1] == image_size else downsample(imgs, image_size))
         quats.append(src.quaternions)
     first = sources[0]

@@ -58,8 +58,11 @@ class ParticleSource:
 
     Subclasses implement ``_read(indices) -> (B, S, S) float32``. Records:
     ``quaternions (N, 4)`` or None (no orientations), ``shifts (N, 2)`` pixels (zeros
-    when unknown), ``ctf`` dict (see the module docstring) or None.
+    when unknown), ``ctf`` dict (see the module docstring) or None. ``ids``: optional
+    ``(N,)`` identifiers of the particles (e.g. Scipion ids) that messages name.
     """
+
+    ids = None
 
     def __init__(self, n, image_size, pixel_size, quaternions=None, shifts=None, ctf=None):
         self.n = int(n)
@@ -136,11 +139,14 @@ class ParticleSource:
                             amplitude_contrast=c["amplitude_contrast"],
                             phase_shift=c["phase_shift"])
 
-    def with_records(self, quaternions=None, shifts=None, ctf="keep"):
-        """A source over the same images with new records (``shifts=None`` keeps the
-        current shifts: input shifts are never thrown away; ``ctf='keep'`` keeps it)."""
-        return _RecordView(self, quaternions, self.shifts if shifts is None else shifts,
-                           self.ctf if isinstance(ctf, str) and ctf == "keep" else ctf)
+    def with_records(self, quaternions="keep", shifts=None, ctf="keep"):
+        """A source over the same images with new records; ``'keep'`` keeps a record,
+        ``quaternions=None`` / ``ctf=None`` drop it. ``shifts=None`` keeps the current
+        shifts: input shifts are never thrown away (pass zeros to reset them)."""
+        keep = lambda v: isinstance(v, str) and v == "keep"  # noqa: E731
+        return _RecordView(self, self.quaternions if keep(quaternions) else quaternions,
+                           self.shifts if shifts is None else shifts,
+                           self.ctf if keep(ctf) else ctf)
 
 
 class _RecordView(ParticleSource):
@@ -149,6 +155,7 @@ class _RecordView(ParticleSource):
     def __init__(self, base, quaternions, shifts, ctf):
         super().__init__(base.n, base.image_size, base.pixel_size, quaternions, shifts, ctf)
         self.base = base
+        self.ids = base.ids
 
     def _read(self, indices):
         return self.base._read(indices)

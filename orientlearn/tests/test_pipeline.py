@@ -67,12 +67,16 @@ def test_reconstruct_needs_orientations():
         pipeline.reconstruct_halves(ArraySource(np.zeros((4, 8, 8)), 1.0))
 
 
-def test_nan_images_are_refused_with_their_index():
-    images = np.zeros((5, 8, 8), np.float32)
+def test_bad_images_are_refused_with_their_position_or_id():
+    images = np.random.default_rng(0).standard_normal((5, 8, 8)).astype(np.float32)
     images[3, 2, 2] = np.nan
+    images[1] = 7.0
     src = ArraySource(images, 1.0, quaternions=geometry.uniform_quaternions(5))
-    with pytest.raises(ValueError, match=r"particles 3, 0-based"):
+    with pytest.raises(ValueError, match=r"0-based positions.*constant.*ids 1\b"):
         pipeline.reconstruct_halves(src, batch_size=2)
+    src.ids = np.array([10, 11, 12, 13, 14])              # e.g. Scipion ids
+    with pytest.raises(ValueError, match=r"NaN.*ids 13\b"):
+        pipeline.reconstruct_halves(src.with_records(), batch_size=8)
 
 
 def _rotation_features(q, transforms):
