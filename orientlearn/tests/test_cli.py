@@ -10,6 +10,9 @@ import pytest
 
 from orientlearn.core import geometry
 from orientlearn.core.source import read_star, write_star
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)   # scipion3 tests orientlearn.tests.test_cli
 
 MAP = os.path.join(os.path.dirname(__file__), os.pardir, "data", "5j0n.mrc")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))

@@ -6,6 +6,9 @@ import pytest
 from orientlearn.core import (alignment, ctf, fsc, geometry, image_ops, network, pipeline,
                               reconstruction, simulation)
 from orientlearn.core.source import ArraySource, MrcSource, StackWriter
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)   # scipion3 tests orientlearn.tests.test_pipeline
 
 SIZE = 16
 

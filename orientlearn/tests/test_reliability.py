@@ -365,8 +365,7 @@ class TestReliability(BaseTest):
         model = self._untrainedModel(sim.outputParticles.getSamplingRate())
 
         recover = self.newProtocol(OrientLearnProtRecover, inputParticles=sim.outputParticles,
-                                   inputModel=model, nNeighbors=8, nRandom=2, nSteps=20,
-                                   restarts=1)
+                                   inputModel=model, nNeighbors=8, nRandom=2, nSteps=20)
         self.launchProtocol(recover)
         recovered = self._records(recover.outputParticles, [CONFIDENCE_ATTR])
         self.assertEqual({k: v[:7] for k, v in recovered.items()}, source)
@@ -380,8 +379,7 @@ class TestReliability(BaseTest):
 
         # The attributes of an earlier protocol survive a later one.
         again = self.newProtocol(OrientLearnProtRecover, inputParticles=compare.outputParticles,
-                                 inputModel=model, nNeighbors=8, nRandom=2, nSteps=20,
-                                 restarts=1)
+                                 inputModel=model, nNeighbors=8, nRandom=2, nSteps=20)
         self.launchProtocol(again)
         kept = self._records(again.outputParticles, [ERROR_ATTR])
         self.assertEqual(kept, {k: v[:7] + v[8:] for k, v in compared.items()})

@@ -12,6 +12,9 @@ import pytest
 from orientlearn.core import geometry
 from orientlearn.core.source import (ArraySource, MrcSource, StackWriter, read_star,
                                      write_star)
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)   # scipion3 tests orientlearn.tests.test_source
 
 SIZE, PIXEL = 12, 2.5
 
