@@ -4,6 +4,9 @@ import pytest
 
 from orientlearn.core import alignment, atoms, generalist, simulation
 from orientlearn.tests.atomic_models import pseudo_protein
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 
 def _user_particles(structure, n, user_box=32, seed=5):
