@@ -264,13 +264,15 @@ class TestScipionTestDiscovery(unittest.TestCase):
 class TestValidateInstallation(unittest.TestCase):
     def test_fast_and_without_tensorflow(self):
         """Import the plugin as Scipion does, then validateInstallation: path checks only."""
+        # CPU time of this process: what the import and the check cost, whatever else
+        # the (shared) machine is doing.
         code = ("import sys, time, json\n"
-                "t0 = time.time()\n"
+                "t0 = time.process_time()\n"
                 "from pwem import Domain\n"
                 "m = Domain.getPluginModule('orientlearn')\n"
-                "t1 = time.time()\n"
+                "t1 = time.process_time()\n"
                 "errors = m.Plugin.validateInstallation()\n"
-                "t2 = time.time()\n"
+                "t2 = time.process_time()\n"
                 "print(json.dumps({'import': t1 - t0, 'validate': t2 - t1, 'errors': errors,"
                 " 'tf': 'tensorflow' in sys.modules}))\n")
         env = dict(os.environ, PYTHONPATH=REPO)
@@ -280,10 +282,9 @@ class TestValidateInstallation(unittest.TestCase):
         report = json.loads(out.stdout.strip().splitlines()[-1])
         self.assertFalse(report["tf"], "validateInstallation imported TensorFlow")
         self.assertEqual(report["errors"], [])
-        self.assertLess(report["validate"], 0.1)
-        # Importing Scipion's pwem is most of it; the limit is the issue's 1 s, with
-        # slack for a loaded shared machine.
-        self.assertLess(report["import"] + report["validate"], 3.0)
+        self.assertLess(report["validate"], 0.05)
+        # Importing Scipion's pwem is nearly all of it (orientlearn's part: ~10 ms).
+        self.assertLess(report["import"] + report["validate"], 1.0)
 
     def test_refuses_without_tensorflow_or_environment(self):
         code = ("import importlib.util, json\n"
