@@ -22,9 +22,11 @@ import time
 
 import numpy as np
 
-from . import atoms, graph, image_ops, network, recovery, simulation, training, volumes
+from . import atoms, image_ops, pipeline, simulation, training, volumes
 from .ctf import ctf_2d_batch
+from .model import DistanceModel
 from .scale import DEFAULT_FILL, ParticleScaler
+from .source import ArraySource
 
 __all__ = ["GeneralistConfig", "map_particles", "noise_hook", "orient_particles", "phase_flip",
            "protein_particles", "simulate_training_sets", "train_generalist"]
@@ -217,8 +219,10 @@ def orient_particles(model, metadata, images, pixel_size, diameter_A, ctf=None, 
 
     ``images`` ``(N, S, S)`` at ``pixel_size`` (A); ``diameter_A`` the particle diameter
     (RELION's mask diameter); ``ctf`` the particles' CTF parameters (phase-flipped first
-    when the model was trained on phase-flipped particles). Returns ``(q (N, 4), info)``,
-    ``info`` from ``recovery.recover_from_features`` plus ``scaler``."""
+    when the model was trained on phase-flipped particles). After scaling, the images go
+    through the recover protocol's calls (``pipeline.embed_particles`` +
+    ``recover_from_embedding``, its defaults). Returns ``(q (N, 4), info)``, ``info`` from
+    ``recovery.recover_from_features`` plus ``scaler``."""
     images = np.asarray(images, dtype=np.float32)
     config = metadata.get("config", {})
     if config.get("centre", False):
@@ -228,12 +232,12 @@ def orient_particles(model, metadata, images, pixel_size, diameter_A, ctf=None, 
     scaler = ParticleScaler(float(diameter_A), float(pixel_size), images.shape[-1],
                             int(metadata["image_size"]), fill=float(metadata.get("fill", DEFAULT_FILL)))
     x = scaler(images)
-    transforms, _ = graph.image_transforms()
-    feats = np.stack([network.embed(model, image_ops.apply_image_transform(x, g))
-                      for g in transforms])
-    head = metadata.get("head", "angle")
-    q, info = recovery.recover_from_features(
-        feats, transforms, distance_map=lambda a: network.angle_to_distance(a, head),
-        seed=seed, progress=progress, **recover_kwargs)
-    info["scaler"] = scaler
-    return q, info
+    # On the network's grid now: the recover protocol's pipeline calls from here.
+    bound = DistanceModel(model, metadata)
+    transforms = pipeline.detector_transforms()
+    feats = pipeline.embed_particles(ArraySource(x, bound.pixel_size or 1.0), bound,
+                                     transforms)
+    result = pipeline.recover_from_embedding(feats, transforms, bound.distance_map, seed=seed,
+                                             progress=progress, **recover_kwargs)
+    info = dict(result.info, scaler=scaler)
+    return result.quaternions, info
