@@ -20,8 +20,9 @@ two maps stay independent and their FSC is an honest resolution. One iteration:
 3. Each half map is reconstructed from its own particles with the new orientations and
    offsets (``reconstruct_fourier``, CTF-corrected), and the FSC computed.
 
-It stops when the half-map resolution has not improved for an iteration (after
-``min_iterations``), or after ``max_iterations``. The final map is reconstructed from
+When the half-map resolution has not improved for an iteration (after
+``min_iterations``), the angular steps are halved for one more pass; it stops when that
+pass does not improve it either, or after ``max_iterations``. The final map is reconstructed from
 all particles. Work is vectorised over batches of particles and candidates and run on
 ``n_threads`` threads; ``progress(done, total)`` counts particles within an iteration and
 ``log`` gets a line per iteration.
@@ -168,6 +169,7 @@ class LocalRefiner:
         self.frequencies = None
         self.r_max = None
         self.history = []
+        self.step_scale = 1.0           # halved once when the resolution stalls
 
     # ------------------------------------------------------------------ pieces
     def _ctf_callable(self, indices):
@@ -251,7 +253,7 @@ class LocalRefiner:
         s = self.settings
         band = als.make_band(self.size, self.r_max)
         filt = self._model_filter(band)
-        step = min(s.max_step, s.step_factor / max(self.r_max, 1.0))
+        step = min(s.max_step, s.step_factor / max(self.r_max, 1.0)) * self.step_scale
         m = len(self.images)
         mask = soft_spherical_mask(self.size, self.mask_radius)
         done = [0]
@@ -339,12 +341,18 @@ class LocalRefiner:
             self.log(f"Starting half maps: FSC0.143 {self.resolution():.2f} A, "
                      f"FSC0.5 {self.resolution(0.5):.2f} A")
         best = np.inf
+        self.step_scale = 1.0
         for it in range(s.max_iterations):
             rec = self.iterate(s.shift_range if it == 0 else 1.5)
             improved = rec["resolution"] < best * 0.99
             best = min(best, rec["resolution"])
             if it + 1 >= s.min_iterations and not improved:
-                break
+                if self.step_scale < 1.0:
+                    break
+                # Stalled at this sampling: one more pass with steps half as large (as
+                # RELION's auto-refine refines its sampling on convergence).
+                self.step_scale = 0.5
+                self.log("Resolution stalled: halving the angular steps for a final pass.")
         volume = self.reconstruct(np.arange(len(self.images)))
         return RefinementResult(
             quaternions=geometry.matrix_to_quaternion(self.rotations), shifts=self.shifts.copy(),

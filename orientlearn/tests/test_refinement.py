@@ -136,4 +136,4 @@ def test_refinement_returns_from_5_degrees(map32):
     assert abs(int(res.halves.sum()) - n // 2) <= 1
     assert res.half_maps.shape == (2, 32, 32, 32)
     assert res.resolution < 3 * sim["pixel_size"]
-    assert lines and all("Refinement iteration" in line for line in lines[1:])
+    assert sum("Refinement iteration" in line for line in lines) == len(res.history) >= 2
