@@ -217,7 +217,7 @@ class LocalRefiner:
         fom = figure_of_merit(self.fsc)
         return np.interp(band.radius, np.arange(len(fom)), fom).astype(np.float32)
 
-    def _search_batch(self, spectrum, indices, band, filt, step, shift_range):
+    def _search_batch(self, spectrum, indices, band, filt, step, shift_range, levels):
         """Coarse-to-fine search of particles ``indices`` (one half) against
         ``spectrum``: updates ``rotations``, ``shifts``, ``scores`` in place."""
         s = self.settings
@@ -227,7 +227,7 @@ class LocalRefiner:
         t = self.shifts[indices].copy()
         b = len(indices)
         rows = np.arange(b)
-        for level in range(s.levels):
+        for level in range(levels):
             cand = neighbourhood(step / 2 ** level)[None] @ R[:, None]      # (B, 27, 3, 3)
             model = als.slice_values(spectrum, cand, band) * filt           # (B, 27, K)
             norms = als._norms(model, ctf[:, None, :], band)                # (B, 27)
@@ -248,12 +248,17 @@ class LocalRefiner:
         self.shifts[indices] = t
         self.scores[indices] = score / xnorm
 
-    def search(self, shift_range):
-        """One search pass of every particle against its own half map."""
+    def search(self, shift_range, wide=False):
+        """One search pass of every particle against its own half map (``wide``: the
+        first one, from twice the step with one more level: the same finest step, twice
+        the reach, for starts a few degrees off)."""
         s = self.settings
         band = als.make_band(self.size, self.r_max)
         filt = self._model_filter(band)
         step = min(s.max_step, s.step_factor / max(self.r_max, 1.0)) * self.step_scale
+        levels = s.levels
+        if wide:    # the first pass: twice the step and one more level (reach x2)
+            step, levels = 2.0 * step, levels + 1
         m = len(self.images)
         mask = soft_spherical_mask(self.size, self.mask_radius)
         done = [0]
@@ -265,7 +270,7 @@ class LocalRefiner:
             batches = [idx[i:i + s.batch_size] for i in range(0, len(idx), s.batch_size)]
 
             def work(batch, spectrum=spectrum):
-                self._search_batch(spectrum, batch, band, filt, step, shift_range)
+                self._search_batch(spectrum, batch, band, filt, step, shift_range, levels)
                 with lock:
                     done[0] += len(batch)
                     if self.progress is not None:
@@ -305,13 +310,13 @@ class LocalRefiner:
             self.r_max = band_limit_from_fsc(self.fsc, self.settings.fsc_threshold,
                                              self.settings.band_margin)
 
-    def iterate(self, shift_range):
+    def iterate(self, shift_range, wide=False):
         """One iteration: search, reconstruct the halves, new band limit. Returns its
         record (also appended to ``history``)."""
         t0 = time.perf_counter()
         R_old, t_old = self.rotations.copy(), self.shifts.copy()
         r_used = self.r_max
-        step = self.search(shift_range)
+        step = self.search(shift_range, wide)
         self.reconstruct_halves()
         self.r_max = band_limit_from_fsc(self.fsc, self.settings.fsc_threshold,
                                          self.settings.band_margin)
@@ -343,7 +348,7 @@ class LocalRefiner:
         best = np.inf
         self.step_scale = 1.0
         for it in range(s.max_iterations):
-            rec = self.iterate(s.shift_range if it == 0 else 1.5)
+            rec = self.iterate(s.shift_range if it == 0 else 1.5, wide=it == 0)
             improved = rec["resolution"] < best * 0.99
             best = min(best, rec["resolution"])
             if it + 1 >= s.min_iterations and not improved:
