@@ -250,14 +250,14 @@ class LocalRefiner:
 
     def search(self, shift_range, wide=False):
         """One search pass of every particle against its own half map (``wide``: the
-        first one, from twice the step with one more level: the same finest step, twice
+        first two, from twice the step with one more level: the same finest step, twice
         the reach, for starts a few degrees off)."""
         s = self.settings
         band = als.make_band(self.size, self.r_max)
         filt = self._model_filter(band)
         step = min(s.max_step, s.step_factor / max(self.r_max, 1.0)) * self.step_scale
         levels = s.levels
-        if wide:    # the first pass: twice the step and one more level (reach x2)
+        if wide:    # the first passes: twice the step and one more level (reach x2)
             step, levels = 2.0 * step, levels + 1
         m = len(self.images)
         mask = soft_spherical_mask(self.size, self.mask_radius)
@@ -348,7 +348,7 @@ class LocalRefiner:
         best = np.inf
         self.step_scale = 1.0
         for it in range(s.max_iterations):
-            rec = self.iterate(s.shift_range if it == 0 else 1.5, wide=it == 0)
+            rec = self.iterate(s.shift_range if it == 0 else 1.5, wide=it < 2)
             improved = rec["resolution"] < best * 0.99
             best = min(best, rec["resolution"])
             if it + 1 >= s.min_iterations and not improved:
