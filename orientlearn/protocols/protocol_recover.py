@@ -96,6 +96,8 @@ class OrientLearnProtRecover(OrientLearnProtBase, ProtInitialVolume):
     def recoverStep(self, signature=None):
         """Read the particles (in batches) and the model, one pipeline call, write."""
         self._configureDevices()
+        if self._recoverInPluginEnvironment():
+            return
         from ..core import pipeline
         from ..core.model import DistanceModel
         source = convert.particle_source(self.inputParticles.get(), ctf=False)
@@ -117,6 +119,38 @@ class OrientLearnProtRecover(OrientLearnProtBase, ProtInitialVolume):
                        "final_loss": result.loss, "init": result.info.get("init", "")}, f)
         self.info(f"Final L_OR {result.loss:.5g}; median residual "
                   f"{np.nanmedian(result.residual):.3f} rad ({result.info.get('init', '')} start).")
+
+    def _recoverInPluginEnvironment(self):
+        """The same recovery by ``orientlearn recover`` in the plugin's own environment
+        (``scipion3 installb orientlearn``), through ``runJob``; the particles go as a
+        STAR file naming their stacks. False, running nothing, without that environment."""
+        from .. import Plugin
+        if not Plugin.usesOwnEnvironment():
+            return False
+        from ..core.source import write_star
+        star_in = write_star(self._getExtraPath("input_particles.star"),
+                             convert.particle_source(self.inputParticles.get(), ctf=False))
+        star_out = self._getExtraPath("recovered.star")
+        args = [star_in, "--model", self.inputModel.get().getFileName(), "--out", star_out,
+                "--neighbors", self.nNeighbors.get(), "--random", self.nRandom.get(),
+                "--loss", RECOVERY_LOSSES[self.robustLoss.get()],
+                "--loss-scale", self.lossScale.get(), "--steps", self.nSteps.get(),
+                "--lr", self.learningRate.get(), "--seed", self.seed.get(),
+                "--features", self._getExtraPath(FEATURES_FILE),
+                "--threads", self._threadCount(), "--overwrite"]
+        if not self.useTransforms:
+            args.append("--no-transforms")
+        self.info(f"Recovering in the plugin's environment: {Plugin.getProgram()}")
+        self._runOrientlearn("recover", args)
+        with np.load(os.path.splitext(star_out)[0] + ".npz") as res:
+            quaternions, residual = res["quaternions"], res["residual"]
+            history = [float(v) for v in res["loss_history"]]
+        np.savez(self._getExtraPath(RESULT_FILE), quaternions=quaternions, residual=residual)
+        with open(self._getExtraPath(HISTORY_FILE), "w") as f:
+            json.dump({"loss": history, "final_loss": history[-1], "init": ""}, f)
+        self.info(f"Final L_OR {history[-1]:.5g}; median residual "
+                  f"{np.nanmedian(residual):.3f} rad.")
+        return True
 
     def createOutputStep(self, signature=None):
         parts = self.inputParticles.get()

@@ -5,6 +5,7 @@ with a tiny network, plus the refusals of bad input. Runs headless under pytest 
 root conftest.py sets up scratch Scipion folders).
 """
 import os
+import sys
 
 import numpy as np
 import mrcfile
@@ -77,6 +78,33 @@ class TestOrientLearnWorkflow(BaseTest):
             self.assertEqual(report["tensorflow_intra"], 1)
             self.assertEqual(report["tensorflow_inter"], 1)
 
+    def _recoverInFakePluginEnvironment(self, particles, model):
+        """Run 'recover' with ORIENTLEARN_HOME pointing at an environment whose
+        ``env/bin/orientlearn`` is this Python's command line; checks the log shows it."""
+        import tempfile
+        home = tempfile.mkdtemp(prefix="orientlearn-env-")
+        program = os.path.join(home, "env", "bin", "orientlearn")
+        os.makedirs(os.path.dirname(program))
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        with open(program, "w") as f:
+            f.write(f"#!/bin/sh\nPYTHONPATH={repo} exec {sys.executable} "
+                    "-m orientlearn.core.commands \"$@\"\n")
+        os.chmod(program, 0o755)
+        saved = os.environ.get("ORIENTLEARN_HOME")
+        os.environ["ORIENTLEARN_HOME"] = home
+        try:
+            rec = self.newProtocol(OrientLearnProtRecover, inputParticles=particles,
+                                   inputModel=model, nSteps=100, seed=1, numberOfThreads=1)
+            self.launchProtocol(rec)
+        finally:
+            if saved is None:
+                os.environ.pop("ORIENTLEARN_HOME", None)
+            else:
+                os.environ["ORIENTLEARN_HOME"] = saved
+        with open(rec.getLogPaths()[0]) as f:
+            self.assertIn(f"plugin's environment: {program}", f.read())
+        return rec
+
     def test_workflow_end_to_end(self):
         # Off-centre particles: recover must hand their offsets on unchanged.
         sim = self._simulate(240, size=32, noiseMode=0, maxShift=1.5, seed=1)
@@ -100,6 +128,14 @@ class TestOrientLearnWorkflow(BaseTest):
                                numberOfThreads=1)
         self.launchProtocol(rec)
         self.assertKeptToOneThread(rec)
+        # The same recovery in the plugin's own environment (its 'orientlearn' program:
+        # here this Python's command line) runs through runJob and gives the same result.
+        rec_env = self._recoverInFakePluginEnvironment(sim.outputParticles, model)
+        np.testing.assert_allclose(rec_env.getLossHistory(), rec.getLossHistory(), rtol=1e-4)
+        _, q_env, _ = convert.particle_orientations(rec_env.outputParticles)
+        _, q_here, _ = convert.particle_orientations(rec.outputParticles)
+        dist = geometry.distance(q_env, q_here)
+        self.assertLess(float(np.median(dist)), 1e-3)
         out = rec.outputParticles
         self.assertSetSize(out, 240)
         first = out.getFirstItem()
