@@ -50,7 +50,7 @@ class Plugin(pwem.Plugin):
                          description="Folder of the plugin's own environment (made by "
                                      "'scipion3 installb orientlearn'): TensorFlow with "
                                      "CUDA and the orientlearn command line. When it "
-                                     "exists, protocols run their heavy steps there.")
+                                     "exists, 'recover orientations' runs there.")
         cls._defineVar(ORIENTLEARN_ASPIRE_PYTHON, "",
                        description="Python of an environment with ASPIRE, for the 'common "
                                    "lines (ASPIRE)' protocol. Empty: this environment when "
