@@ -21,7 +21,7 @@ from . import geometry
 __all__ = ["RECOVERY_DEFAULTS", "RECONSTRUCTION_DEFAULTS", "detector_transforms",
            "embed_particles", "recover_particles", "recover_from_embedding", "Recovery",
            "reconstruct_halves", "HalfMaps", "half_split", "pair_distances", "check_images",
-           "simulate_to_stack", "train_model", "TRAINING_DEFAULTS"]
+           "simulate_to_stack", "train_model", "TRAINING_DEFAULTS", "refine_particles"]
 
 #: Defaults of the recovery (protocol form, CLI, demo and benchmarks share them).
 RECOVERY_DEFAULTS = dict(n_neighbors=32, n_random=16, loss="cauchy", loss_scale=0.3,
@@ -319,3 +319,25 @@ def simulate_to_stack(volume, n, stack_path, image_size=None, voxel_size=1.0, sy
                    for k, v in ctfs[0].items()}
     return MrcSource(stack_path, pixel_size=pixel_size, quaternions=np.concatenate(quats),
                      shifts=np.concatenate(shifts), ctf=ctf_all)
+
+
+# ----------------------------------------------------------------------------- refinement
+
+def refine_particles(source, settings=None, ctf=True, initial_map=None, start_shifts="input",
+                     diameter=None, log=None, progress=None):
+    """Gold-standard local refinement of the oriented particles of ``source``: what the
+    refine protocol runs (``refinement.refine_particles``).
+
+    Starts from the source's orientations and shifts (``start_shifts``: ``'input'``,
+    ``'centre of mass'`` with ``diameter`` px, or ``'zero'``); ``ctf``: use the source's
+    CTF parameters when it has them; ``initial_map``: optional ``(N, N, N)`` start;
+    ``settings``: ``refinement.RefinementSettings``. The particles' spectra are held in
+    memory (about 12 bytes per pixel). Returns a ``refinement.RefinementResult``.
+    """
+    from . import refinement
+    if source.quaternions is None:
+        raise ValueError("The particles carry no orientations: recover or import them first.")
+    return refinement.refine_particles(
+        source.images(), source.pixel_size, source.quaternions, shifts=source.shifts,
+        ctf=source.ctf if ctf else None, initial_map=initial_map, settings=settings,
+        start_shifts=start_shifts, diameter=diameter, log=log, progress=progress)
