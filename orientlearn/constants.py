@@ -35,3 +35,7 @@ RECOVERY_LOSSES = list(recovery.RECOVERY_LOSSES)
 
 DEMO_MAP = "5j0n.mrc"
 DEMO_MAP_PIXEL_SIZE = 3.667   # Angstrom per voxel of the bundled 5j0n map
+
+# File name of the generalist distance model shipped in orientlearn/data/ (when one is);
+# 'ab initio' uses it when the user gives no model.
+GENERALIST_MODEL = "generalist.keras"

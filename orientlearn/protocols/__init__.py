@@ -1,5 +1,5 @@
 """Scipion protocols of orientlearn: simulate, train, recover, reconstruct, compare,
-refine, and the peer baseline common lines (ASPIRE)."""
+refine, ab initio, and the peer baseline common lines (ASPIRE)."""
 from .protocol_base import OrientLearnProtBase
 from .protocol_simulate import OrientLearnProtSimulate
 from .protocol_train import OrientLearnProtTrain, OrientLearnProtImportModel
@@ -8,3 +8,4 @@ from .protocol_reconstruct import OrientLearnProtReconstruct
 from .protocol_compare import OrientLearnProtCompare
 from .protocol_aspire import OrientLearnProtAspire
 from .protocol_refine import OrientLearnProtRefine
+from .protocol_abinitio import OrientLearnProtAbInitio

@@ -31,6 +31,7 @@ MENU_PLACES = {
     "OrientLearnProtReconstruct": [("3D", "Reconstruct")],
     "OrientLearnProtCompare": [("3D", "Analysis", "Validation")],
     "OrientLearnProtRefine": [("3D", "Refine")],
+    "OrientLearnProtAbInitio": [("3D", "Initial volume")],
 }
 BASE_CLASSES = {
     "OrientLearnProtRecover": emprot.ProtInitialVolume,
@@ -41,6 +42,7 @@ BASE_CLASSES = {
     "OrientLearnProtReconstruct": emprot.ProtReconstruct3D,
     "OrientLearnProtCompare": emprot.ProtAnalysis3D,
     "OrientLearnProtRefine": emprot.ProtRefine3D,
+    "OrientLearnProtAbInitio": emprot.ProtInitialVolume,
 }
 # Inputs that must carry 3-D orientations (the GUI offers only such sets).
 NEEDS_ORIENTATIONS = {
@@ -50,7 +52,8 @@ NEEDS_ORIENTATIONS = {
 }
 # Protocols whose heavy steps get a 'Threads' field (parallel section).
 WITH_THREADS = {"OrientLearnProtSimulate", "OrientLearnProtTrain", "OrientLearnProtRecover",
-                "OrientLearnProtReconstruct", "OrientLearnProtAspire", "OrientLearnProtRefine"}
+                "OrientLearnProtReconstruct", "OrientLearnProtAspire", "OrientLearnProtRefine",
+                "OrientLearnProtAbInitio"}
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -13,7 +13,8 @@ from orientlearn.tests.unittest_bridge import pytest_load_tests
 
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
-TEMPLATE_IDS = {"orientlearn_ab_initio_simulated", "orientlearn_ab_initio_trained_model"}
+TEMPLATE_IDS = {"orientlearn_ab_initio_simulated", "orientlearn_ab_initio_trained_model",
+                "orientlearn_ab_initio_from_particles"}
 
 
 def plugin_templates():
@@ -23,7 +24,7 @@ def plugin_templates():
             if t.getObjId().split("-")[0] == "orientlearn"}
 
 
-def test_scipion_finds_both_templates():
+def test_scipion_finds_every_template():
     found = plugin_templates()
     assert TEMPLATE_IDS <= set(found), found.keys()
 

@@ -88,6 +88,35 @@ def _compare_figures(prot):
     return figs
 
 
+def _abinitio_figures(prot):
+    """Per iteration: the subset's map (central slices); the half-map FSC of every stage;
+    resolution and orientation movement per stage; the final map and angular
+    distribution."""
+    from ..convert import clean_path, particle_orientations
+    from ..core.volumes import read_volume
+    figs = {}
+    for k, path in enumerate(prot.getIterationVolumes(), start=1):
+        vol, _ = read_volume(path, cube=False)
+        figs[f"iteration_{k:02d}_slices"] = plots.plot_central_slices(
+            vol, title=f"Iteration {k}")
+    hist = prot.getHistory()
+    records = hist.get("records", [])
+    if records:
+        curves = [(f"{r['iteration']}: {r['stage']}", r["frequencies"], r["fsc"])
+                  for r in records]
+        figs["fsc_per_iteration"] = plots.plot_fsc(
+            curves, pixel_size=hist.get("pixel_size"), title="Half-map FSC per iteration")
+        figs["iteration_history"] = plots.plot_iteration_history(records)
+    if hasattr(prot, "outputVolume"):
+        vol, _ = read_volume(clean_path(prot.outputVolume.getFileName()), cube=False)
+        figs["final_slices"] = plots.plot_central_slices(
+            vol, title="Final map (hand undetermined)")
+        _, q, _ = particle_orientations(prot.outputParticles)
+        figs["angular_distribution"] = plots.plot_angular_distribution(
+            q, title="Final views (arbitrary global rotation)")
+    return figs
+
+
 def protocol_figures(prot):
     """``{name: Figure}`` for a finished orientlearn protocol (empty for others)."""
     from .. import protocols as p
@@ -95,7 +124,8 @@ def protocol_figures(prot):
              (p.OrientLearnProtTrain, _train_figures),
              (p.OrientLearnProtRecover, _recover_figures),
              (p.OrientLearnProtReconstruct, _reconstruct_figures),
-             (p.OrientLearnProtCompare, _compare_figures)]
+             (p.OrientLearnProtCompare, _compare_figures),
+             (p.OrientLearnProtAbInitio, _abinitio_figures)]
     for cls, make in table:
         if isinstance(prot, cls):
             return make(prot)

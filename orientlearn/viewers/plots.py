@@ -283,3 +283,32 @@ def plot_central_slices(volume, title="Volume", projections=True):
             ax.set_xlabel(xl)
             ax.set_ylabel(yl)
     return fig
+
+
+def plot_iteration_history(records, title="Ab initio iterations"):
+    """Half-map resolution (A, FSC 0.143 and 0.5) after each stage of an iterative run,
+    and how much the orientations moved from the previous iteration (deg, median, after
+    the best global rotation and hand). ``records``: dicts with ``iteration``, ``stage``,
+    ``resolution``, ``resolution_05`` and optionally ``median_rotation_change`` (rad)."""
+    fig = _new_figure((8, 4.5))
+    ax = fig.add_subplot()
+    x = np.arange(len(records))
+    labels = [f"{r['iteration']}: {r['stage']}" for r in records]
+    ax.plot(x, [r["resolution"] for r in records], "o-", color="C0", label="FSC 0.143")
+    ax.plot(x, [r["resolution_05"] for r in records], "s--", color="C0", alpha=0.6,
+            label="FSC 0.5")
+    ax.set_ylabel("half-map resolution (Å, lower is better)", color="C0")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.grid(True, alpha=0.3)
+    moved = [(k, np.degrees(r["median_rotation_change"])) for k, r in enumerate(records)
+             if r.get("median_rotation_change") is not None]
+    if moved:
+        right = ax.twinx()
+        right.bar([k for k, _ in moved], [v for _, v in moved], width=0.3, color="C1",
+                  alpha=0.5, label="orientations moved (median)")
+        right.set_ylabel("orientations moved since the previous iteration (deg)", color="C1")
+        right.legend(fontsize=8, loc="upper center")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title)
+    return fig

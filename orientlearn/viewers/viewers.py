@@ -23,17 +23,19 @@ class FigureView(pwviewer.View):
 
 
 class OrientLearnViewer(pwviewer.Viewer):
-    """Plots of simulate, train, recover, reconstruct and compare (and the map in
-    ChimeraX when Scipion's ChimeraX plugin is installed)."""
+    """Plots of simulate, train, recover, reconstruct, compare and ab initio (and the map
+    in ChimeraX when Scipion's ChimeraX plugin is installed)."""
     _label = "orientlearn viewer"
     _environments = [pwviewer.DESKTOP_TKINTER]
     _targets = [p.OrientLearnProtSimulate, p.OrientLearnProtTrain, p.OrientLearnProtRecover,
-                p.OrientLearnProtReconstruct, p.OrientLearnProtCompare]
+                p.OrientLearnProtReconstruct, p.OrientLearnProtCompare,
+                p.OrientLearnProtAbInitio]
 
     def _visualize(self, obj, **kwargs):
         views = [FigureView(fig, f"{obj.getRunName()}: {name.replace('_', ' ')}")
                  for name, fig in protocol_figures(obj).items()]
-        if isinstance(obj, p.OrientLearnProtReconstruct) and hasattr(obj, "outputVolume"):
+        if isinstance(obj, (p.OrientLearnProtReconstruct, p.OrientLearnProtAbInitio)) and \
+                hasattr(obj, "outputVolume"):
             views += self._chimeraViews(obj.outputVolume.getFileName())
         if isinstance(obj, p.OrientLearnProtCompare):
             views.append(pwviewer.MessageView("\n".join(obj.getTable()),

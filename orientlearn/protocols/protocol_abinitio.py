@@ -1,0 +1,368 @@
+"""Protocol ``ab initio``: particles in, an initial map and orientations out, no map needed."""
+import json
+import os
+import zipfile
+
+import numpy as np
+
+import pyworkflow.protocol.params as params
+from pyworkflow.constants import BETA
+from pyworkflow.object import String
+from pwem.objects import FSC, SetOfFSCs, SetOfParticles, Volume
+from pwem.protocols import ProtInitialVolume
+
+from .. import convert
+from ..constants import GENERALIST_MODEL
+from ..core import geometry
+from .protocol_base import OrientLearnProtBase
+
+RESULT_FILE = "abinitio.npz"
+HISTORY_FILE = "abinitio_history.json"
+MODEL_FILE = "model_finetuned.keras"
+HALF_ATTR = "_orientlearn_half"
+HAND_ATTR = "_orientlearn_hand"
+HAND_NOTE = ("undetermined: projections cannot tell a map from its mirror image; check the "
+             "hand on the map (e.g. alpha helices) and flip it if needed")
+START_SHIFTS = ["centre of mass (reference-free)", "input offsets", "zero"]
+START_SHIFT_KEYS = ["centre of mass", "input", "zero"]
+
+
+def shipped_generalist():
+    """Path of the generalist distance model shipped with the package, or None."""
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", GENERALIST_MODEL)
+    return path if os.path.exists(path) else None
+
+
+class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
+    """Ab initio: orientations, offsets and an initial map from particles alone.
+
+    On a random subset of the particles (as cryoSPARC's ab initio does): the particles
+    are centred without a reference, oriented with a distance model (embeddings under
+    the exact detector transforms, then recovery from the estimated distances), two
+    half maps are reconstructed from disjoint halves, and orientations and offsets are
+    refined locally against each half's own map (gold standard). Optionally the model is
+    then fine-tuned on projections of the current map simulated like the data (the
+    particles' own CTFs, box, pixel size, offsets and estimated noise level) and the
+    particles are oriented again, until the half-map resolution stops improving. Finally
+    every particle is oriented in the best iteration's frame and refined against the map.
+    Every lever (refinement, fine-tuning) is a form option; each iteration's resolution,
+    FSC and how much the orientations moved are kept (viewer, extra/abinitio_history.json).
+    The hand of the map cannot be determined from projections: the outputs say so.
+    """
+    _label = "ab initio"
+    _usesTensorFlow = True
+    _devStatus = BETA
+    _possibleOutputs = {"outputVolume": Volume, "outputParticles": SetOfParticles,
+                        "outputFSCs": SetOfFSCs}
+
+    # -------------------------- DEFINE param functions ---------------------------
+    def _defineParams(self, form):
+        form.addSection(label="Input")
+        form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
+                      important=True, label="Particles",
+                      help="Picked and extracted particles, preferably with CTF estimates "
+                           "(they need no orientations). White particles on a dark "
+                           "background, as RELION expects. They are never modified: the "
+                           "output is a new set.")
+        form.addParam("particleDiameter", params.FloatParam, default=-1, important=True,
+                      label="Particle diameter (A)",
+                      help="Diameter of the particle in Angstrom, a little larger than the "
+                           "longest dimension of the protein (RELION's mask diameter). Used "
+                           "for the masks, the reference-free centring, the noise estimate "
+                           "and to bring the particles to the scale a generalist model "
+                           "expects.")
+        form.addParam("symmetryGroup", params.StringParam, default="C1",
+                      label="Symmetry group", help=geometry.SYMMETRY_HELP)
+        form.addParam("inputModel", params.PointerParam, pointerClass="DistanceModel",
+                      allowsNull=True, label="Distance model",
+                      help="A distance model from 'train distance' or 'import trained "
+                           "model'. Empty: the generalist model shipped with orientlearn, "
+                           "when this installation has one. A model trained on projections "
+                           "of this very protein is not ab initio (it needs the map).")
+        form.addParam("doCtf", params.BooleanParam, default=True, label="Use the CTF?",
+                      help="Correct the CTF in the reconstructions, compare particles with "
+                           "CTF-modulated projections in the refinement, and simulate the "
+                           "fine-tuning particles with the particles' own CTFs (when the "
+                           "particles carry CTFs).")
+
+        form.addSection(label="Ab initio")
+        form.addParam("numberOfParticles", params.IntParam, default=2000,
+                      validators=[params.GE(0)], label="Particles in the loop",
+                      help="Size of the random subset the iterations work on (0: all). "
+                           "All particles are oriented at the end, in the frame of the "
+                           "best iteration, and refined against its map.")
+        form.addParam("maxIterations", params.IntParam, default=3, validators=[params.GT(0)],
+                      label="Maximum iterations",
+                      help="Orientation rounds: the first with the model as given, each "
+                           "further one after fine-tuning the model on the current map. "
+                           "It stops earlier when an iteration does not improve the "
+                           "half-map resolution; the best iteration is kept. Without "
+                           "fine-tuning there is one round.")
+        form.addParam("startShifts", params.EnumParam, default=0, choices=START_SHIFTS,
+                      label="Starting offsets",
+                      help="centre of mass: estimated from each particle without a "
+                           "reference (exact on clean data, little help at very low SNR). "
+                           "input offsets: those the particles carry (e.g. from 2-D "
+                           "classification or re-centring; 0 if none). zero: none. The "
+                           "refinement then searches the offsets against the maps.")
+        form.addParam("maxShift", params.FloatParam, default=4.0, validators=[params.GE(0)],
+                      label="Offset range (px)",
+                      help="Largest offset of a particle from its box centre, in pixels of "
+                           "the particles: the centring's limit and the first refinement "
+                           "search's half-width.")
+        form.addParam("doRefine", params.BooleanParam, default=True,
+                      label="Refine locally?",
+                      help="After each orientation round, refine orientations and offsets "
+                           "locally against each half's own map (gold standard, as 'refine' "
+                           "does) until the half-map resolution stops improving; also "
+                           "refine all the particles at the end. No: the maps come "
+                           "straight from the recovered orientations and the starting "
+                           "offsets (to measure what refinement brings).")
+        form.addParam("refineIterations", params.IntParam, default=4,
+                      validators=[params.GT(0)], condition="doRefine",
+                      expertLevel=params.LEVEL_ADVANCED, label="Refinement iterations",
+                      help="At most this many refinement iterations per round (fewer when "
+                           "the resolution stops improving).")
+        form.addParam("doFineTune", params.BooleanParam, default=True,
+                      label="Fine-tune the model on the map?",
+                      help="Self-training: after each round, simulate particles from the "
+                           "current map like the data (their CTFs, box, pixel size, offsets "
+                           "and the estimated noise level), continue training the model on "
+                           "them, and orient the particles again. No: one round (to "
+                           "measure what fine-tuning brings). Slow on a CPU.")
+        form.addParam("fineTuneParticles", params.IntParam, default=2000,
+                      validators=[params.GE(20)], condition="doFineTune",
+                      label="Fine-tuning particles",
+                      help="Particles simulated from the current map for each fine-tuning.")
+        form.addParam("fineTuneEpochs", params.IntParam, default=3, validators=[params.GT(0)],
+                      condition="doFineTune", label="Fine-tuning epochs",
+                      help="Training epochs per fine-tuning (the best validation weights "
+                           "are kept).")
+        form.addParam("fineTuneLearningRate", params.FloatParam, default=1e-4,
+                      validators=[params.GT(0)], condition="doFineTune",
+                      expertLevel=params.LEVEL_ADVANCED, label="Fine-tuning learning rate",
+                      help="Adam step size of the fine-tuning (small: the model already "
+                           "knows views).")
+        form.addParam("minImprovement", params.FloatParam, default=0.02,
+                      validators=[params.GE(0)], expertLevel=params.LEVEL_ADVANCED,
+                      label="Minimum improvement",
+                      help="Relative improvement of the half-map resolution (FSC 0.143) an "
+                           "iteration must bring for the loop to go on (0.02 = 2%).")
+        form.addParam("nNeighbors", params.IntParam, default=32, validators=[params.GT(0)],
+                      expertLevel=params.LEVEL_ADVANCED, label="Neighbours per particle",
+                      help="Nearest neighbours in feature space linked to each particle in "
+                           "the recovery graph.")
+        form.addParam("nRandom", params.IntParam, default=16, validators=[params.GE(0)],
+                      expertLevel=params.LEVEL_ADVANCED, label="Random pairs per particle",
+                      help="Random far pairs per particle in the recovery graph; they keep "
+                           "the global shape.")
+        form.addParam("nSteps", params.IntParam, default=1500, validators=[params.GT(0)],
+                      expertLevel=params.LEVEL_ADVANCED, label="Recovery steps",
+                      help="Maximum optimisation steps of each recovery (stops earlier on "
+                           "convergence).")
+        form.addParam("wienerConstant", params.FloatParam, default=0.1,
+                      validators=[params.GT(0)], expertLevel=params.LEVEL_ADVANCED,
+                      label="Wiener constant",
+                      help="Regularisation of the reconstructions' CTF correction.")
+        self._addSeedParam(form)
+        self._addResourceParams(form)
+
+    # -------------------------- INSERT steps functions ---------------------------
+    def _insertAllSteps(self):
+        self._acquireRunLock()
+        signature = self._stepSignature()
+        self._insertFunctionStep(self.abInitioStep, signature, needsGPU=True)
+        self._insertFunctionStep(self.createOutputStep, signature, needsGPU=False)
+
+    # -------------------------- STEPS functions ----------------------------------
+    def _modelPath(self):
+        model = self.inputModel.get()
+        return model.getFileName() if model is not None else shipped_generalist()
+
+    def _settings(self):
+        from ..core import abinitio
+        return abinitio.AbInitioSettings(
+            diameter_A=self.particleDiameter.get(), symmetry=self.symmetryGroup.get(),
+            n_subset=self.numberOfParticles.get(), max_iterations=self.maxIterations.get(),
+            min_improvement=self.minImprovement.get(),
+            start_shifts=START_SHIFT_KEYS[self.startShifts.get()],
+            max_shift=self.maxShift.get(), refine=bool(self.doRefine),
+            refine_iterations=self.refineIterations.get(), fine_tune=bool(self.doFineTune),
+            fine_tune_particles=self.fineTuneParticles.get(),
+            fine_tune_epochs=self.fineTuneEpochs.get(),
+            fine_tune_learning_rate=self.fineTuneLearningRate.get(),
+            n_neighbors=self.nNeighbors.get(), n_random=self.nRandom.get(),
+            recovery_steps=self.nSteps.get(), wiener_constant=self.wienerConstant.get(),
+            n_threads=self._threadCount(), seed=self.seed.get())
+
+    def abInitioStep(self, signature=None):
+        self._configureDevices()
+        from ..core import abinitio, model_io
+        parts = self.inputParticles.get()
+        px = parts.getSamplingRate()
+        ids, images = convert.read_particle_images(parts)
+        self._checkImages(ids, images, "Input particles")
+        ctf = convert.particle_ctfs(parts) if self.doCtf else None
+        shifts = convert.particle_shifts(parts)
+        path = self._modelPath()
+        model, meta = model_io.load_distance_model(path)
+        meta.setdefault("image_size", model.input_shape[1])
+        if self.inputModel.get() is not None:
+            meta.setdefault("pixel_size", self.inputModel.get().getSamplingRate())
+        self.info(f"Distance model: {path}")
+        res = abinitio.run_ab_initio(images, px, model, meta, self._settings(), ctf=ctf,
+                                     shifts=shifts, log=self.info,
+                                     progress=self._progress("Ab initio", "items"))
+        for name, vol in (("volume.mrc", res.volume), ("half1.mrc", res.half_maps[0]),
+                          ("half2.mrc", res.half_maps[1])):
+            convert.write_volume(self._getExtraPath(name), vol, px)
+        for k, vol in enumerate(res.iteration_volumes, start=1):
+            convert.write_volume(self._getExtraPath(f"iteration_{k:02d}.mrc"), vol, px)
+        if self.doFineTune and res.best_iteration > 1:
+            model_io.save_distance_model(res.model, self._getExtraPath(MODEL_FILE),
+                                         dict(meta, fine_tuned_from=path))
+        np.savez(self._getExtraPath(RESULT_FILE), quaternions=res.quaternions,
+                 shifts=res.shifts, halves=res.halves, frequencies=res.frequencies,
+                 fsc=res.fsc, resolution=np.array(res.resolution),
+                 resolution_05=np.array(res.resolution_05), subset=res.subset,
+                 sigma2=np.array(res.sigma2), best_iteration=np.array(res.best_iteration),
+                 seconds=np.array(res.seconds))
+        with open(self._getExtraPath(HISTORY_FILE), "w") as f:
+            json.dump(dict(model=path, pixel_size=px, best_iteration=res.best_iteration,
+                           records=res.history), f, indent=1)
+        self.info(f"Ab initio done in {res.seconds:.0f} s: half-map FSC0.143 "
+                  f"{res.resolution:.2f} A, FSC0.5 {res.resolution_05:.2f} A (best iteration "
+                  f"{res.best_iteration}). Hand {HAND_NOTE}.")
+
+    def createOutputStep(self, signature=None):
+        parts = self.inputParticles.get()
+        px = parts.getSamplingRate()
+        res = self._loadArrays(RESULT_FILE)
+        out = convert.copy_particles_with_orientations(
+            self, parts, res["quaternions"], shifts=res["shifts"],
+            extra={HALF_ATTR: res["halves"].astype(int) + 1})
+        setattr(out, HAND_ATTR, String(HAND_NOTE))
+        vol = Volume()
+        vol.setFileName(self._getExtraPath("volume.mrc"))
+        vol.setSamplingRate(px)
+        vol.setHalfMaps([self._getExtraPath("half1.mrc"), self._getExtraPath("half2.mrc")])
+        setattr(vol, HAND_ATTR, String(HAND_NOTE))
+        vol.setObjComment(f"Hand {HAND_NOTE}.")
+        fscs = self._createSetOfFSCs()
+        f = FSC(objLabel="half maps (all particles)")
+        f.setData(res["frequencies"].tolist(), np.nan_to_num(res["fsc"]).tolist())
+        fscs.append(f)
+        self._defineOutputs(outputVolume=vol, outputParticles=out, outputFSCs=fscs)
+        self._defineSourceRelation(self.inputParticles, vol)
+        self._defineTransformRelation(self.inputParticles, out)
+        self._defineSourceRelation(self.inputParticles, fscs)
+
+    # -------------------------- results ------------------------------------------
+    def getHistory(self):
+        """``{'model', 'pixel_size', 'best_iteration', 'records': [...]}`` or {}."""
+        path = self._getExtraPath(HISTORY_FILE)
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+
+    def getIterationVolumes(self):
+        """Paths of the subset's map after each iteration (extra/iteration_NN.mrc)."""
+        paths, k = [], 1
+        while os.path.exists(self._getExtraPath(f"iteration_{k:02d}.mrc")):
+            paths.append(self._getExtraPath(f"iteration_{k:02d}.mrc"))
+            k += 1
+        return paths
+
+    # -------------------------- INFO functions -----------------------------------
+    def _validate(self):
+        parts = self.inputParticles.get()
+        errors = self._validateNotRunning()
+        errors += self._validateParticles(parts, "Input particles", minCount=40)
+        errors += self._validateSymmetry(self.symmetryGroup.get())
+        model = self.inputModel.get()
+        if model is None:
+            if shipped_generalist() is None:
+                errors.append("Distance model: this installation ships no generalist model "
+                              "yet, so a model is required: train one ('train distance') or "
+                              "import one ('import trained model').")
+        else:
+            fn = model.getFileName()
+            if not fn or not os.path.exists(fn):
+                errors.append(f"The model file {fn} is missing: re-run or re-import the model.")
+            elif not zipfile.is_zipfile(fn):
+                errors.append(f"The model file {fn} is corrupt (not a Keras archive): re-run "
+                              "or re-import the model.")
+            errors += self._validatePixelSize(model.getSamplingRate(),
+                                              "The model's sampling rate")
+        d = self.particleDiameter.get()
+        if d is None or d <= 0:
+            errors.append("Particle diameter: give the particle's diameter in Angstrom "
+                          "(a little larger than the protein's longest dimension).")
+        elif parts is not None and parts.getSize() and parts.getSamplingRate():
+            px, box = parts.getSamplingRate(), parts.getXDim()
+            if d > box * px:
+                errors.append(f"Particle diameter {d:.0f} A is larger than the box "
+                              f"({box} px x {px:.3g} A = {box * px:.0f} A): give the "
+                              "particle's diameter, or re-extract with a larger box.")
+            elif d < 8 * px:
+                errors.append(f"Particle diameter {d:.1f} A is under 8 pixels "
+                              f"({px:.3g} A/px): give the diameter in Angstrom.")
+            if self.maxShift.get() > box / 4:
+                errors.append(f"Offset range {self.maxShift.get():g} px is over a quarter of "
+                              f"the box ({box} px): re-centre or re-extract the particles.")
+        if parts is not None and self.numberOfParticles.get() and \
+                0 < self.numberOfParticles.get() < 40:
+            errors.append(f"Particles in the loop: {self.numberOfParticles.get()} is too "
+                          "few for two half maps; use at least 40 (or 0 for all).")
+        return errors
+
+    def _warnings(self):
+        parts = self.inputParticles.get()
+        if parts is not None and self.doCtf and not parts.hasCTF():
+            return ["The particles carry no CTF: the maps will not be CTF-corrected and "
+                    "fine-tuning particles are simulated without a CTF."]
+        return []
+
+    def _summary(self):
+        hist = self.getHistory()
+        if not hist or not hasattr(self, "outputVolume"):
+            return ["Output not ready yet."]
+        res = self._loadArrays(RESULT_FILE)
+        lines = [f"Model: {hist['model']}."]
+        for r in hist["records"]:
+            move = r.get("median_rotation_change")
+            lines.append(f"Iteration {r['iteration']} ({r['stage']}, {r['n_particles']} "
+                         f"particles): half-map FSC0.143 {r['resolution']:.1f} A, FSC0.5 "
+                         f"{r['resolution_05']:.1f} A"
+                         + ("" if move is None else
+                            f", orientations moved {np.degrees(move):.1f} deg (median)") + ".")
+        lines.append(f"Best iteration {hist['best_iteration']}; final map from "
+                     f"{len(res['quaternions'])} particles: {float(res['resolution']):.1f} A "
+                     f"at FSC 0.143 (half maps, gold standard).")
+        lines.append(f"Hand of the map: {HAND_NOTE}.")
+        return lines
+
+    def _methods(self):
+        hist = self.getHistory()
+        if not hist:
+            return []
+        res = self._loadArrays(RESULT_FILE)
+        text = (f"An initial map was determined ab initio from "
+                f"{self.inputParticles.get().getSize()} particles with orientlearn: "
+                "orientations were recovered from distances estimated by a Siamese network "
+                "[Banjac2021]")
+        if self.doRefine:
+            text += (", then refined locally with the offsets against two independent half "
+                     "maps (gold standard [Henderson2012])")
+        if self.doFineTune:
+            text += (", the network being fine-tuned on projections of the current map "
+                     "between iterations")
+        return [text + f". Final half-map resolution {float(res['resolution']):.1f} A (FSC "
+                "0.143); the hand of the map was not determined."]
+
+    def _citations(self):
+        cites = ["Banjac2021"]
+        if self.doRefine:
+            cites += ["Henderson2012", "Rosenthal2003"]
+        return cites
