@@ -36,8 +36,8 @@ import numpy as np  # noqa: E402
 
 from orientlearn.benchmarking import BenchmarkRun, write_report  # noqa: E402
 from orientlearn.core import (  # noqa: E402
-    abinitio, alignment, ctf, fsc, geometry, model_io, reconstruction, simulation, training,
-    volumes)
+    abinitio, alignment, ctf, fsc, geometry, image_ops, model_io, reconstruction, simulation,
+    training, volumes)
 
 MAP_PATH = os.path.join(REPO, "orientlearn", "data", "5j0n.mrc")
 ROWS = [("recover alone", dict(refine=False, fine_tune=False)),
@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=1000, help="particles")
     p.add_argument("--subset", type=int, default=0, help="particles in the loop (0: all)")
     p.add_argument("--sigma2", type=float, default=16.0, help="noise (0: none)")
-    p.add_argument("--max-shift", type=float, default=3.0, help="offsets (px)")
+    p.add_argument("--max-shift", type=float, default=4.0, help="offsets (px of --box)")
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--refine-iterations", type=int, default=4)
     p.add_argument("--fine-tune-particles", type=int, default=2000)
@@ -64,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--train-epochs", type=int, default=20)
     p.add_argument("--train-steps", type=int, default=0, help="steps per epoch (0: auto)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=7, help="of the particles (paper.py trains "
+                   "its models on seed 0's particles: other particles here)")
     p.add_argument("--out", help="also write the report to this file")
     p.add_argument("--smoke", action="store_true", help="tiny run that checks the script")
     args = p.parse_args(argv)
@@ -85,12 +86,12 @@ def true_maps(box, size):
 
 def same_protein_model(vol, px, args, log):
     """A model trained on other simulated particles of the same map (not ab initio)."""
-    sim = simulation.simulate_particles(vol, args.train_n, image_size=args.size,
-                                        sigma2=args.sigma2 or None, ctf=True,
-                                        max_shift=min(args.max_shift, 1.0),
-                                        voxel_size=px, seed=args.seed + 1000)
+    sim = simulation.simulate_particles(vol, args.train_n, sigma2=args.sigma2 or None,
+                                        ctf=True, max_shift=args.max_shift, voxel_size=px,
+                                        seed=args.seed + 1000, return_clean=False)
     model, hist = training.train_distance_model(
-        sim["images"], sim["quaternions"], epochs=args.train_epochs, n_features=32,
+        image_ops.downsample(sim["images"], args.size), sim["quaternions"],
+        epochs=args.train_epochs, n_features=32,
         steps_per_epoch=args.train_steps or None, seed=args.seed, head="rotation",
         progress=lambda e, n, logs: log(f"training epoch {e}/{n}: {logs}"))
     meta = dict(image_size=args.size, pixel_size=px * vol.shape[0] / args.size,
@@ -130,10 +131,12 @@ def main(argv=None):
         print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
     big, voxel, vol, px = true_maps(args.box, args.size)
-    sim = simulation.simulate_particles(big, args.n, image_size=args.size,
-                                        sigma2=args.sigma2 or None, ctf=True,
+    # As benchmarks/paper.py: noise and offsets at the full box, then Fourier-downsampled.
+    sim = simulation.simulate_particles(big, args.n, sigma2=args.sigma2 or None, ctf=True,
                                         max_shift=args.max_shift, voxel_size=voxel,
                                         seed=args.seed, return_clean=False)
+    sim["images"] = image_ops.downsample(sim["images"], args.size)
+    sim["shifts"] = sim["shifts"] * args.size / args.box
     images, params = sim["images"], sim["ctf"]
     ctfs = ctf_images(params, args.size, px)
     diameter_A = args.diameter
@@ -156,7 +159,8 @@ def main(argv=None):
         model.set_weights(weights)           # every row starts from the same model
         settings = abinitio.AbInitioSettings(
             diameter_A=diameter_A, n_subset=args.subset, max_iterations=args.iterations,
-            max_shift=args.max_shift + 1, refine_iterations=args.refine_iterations,
+            max_shift=args.max_shift * args.size / args.box + 1,
+            refine_iterations=args.refine_iterations,
             fine_tune_particles=args.fine_tune_particles,
             fine_tune_epochs=args.fine_tune_epochs, n_threads=args.threads, seed=args.seed,
             **levers)
@@ -168,8 +172,9 @@ def main(argv=None):
         log(f"{name}: {rows[-1][1]}, half-map FSC0.143 {res.resolution:.1f} A, {seconds:.0f} s")
 
     lines = [f"### ab initio ablation: 5j0n, {args.n} particles at {args.size} px "
-             f"({px:.2f} A/px), sigma^2 {args.sigma2:g}, CTF 1-3 um, offsets <= "
-             f"{args.max_shift:g} px", "",
+             f"({px:.2f} A/px; noise sigma^2 {args.sigma2:g}, CTF 1-3 um and offsets <= "
+             f"{args.max_shift:g} px at {args.box} px, then downsampled, as "
+             "benchmarks/paper.py)", "",
              "| run | median error (rad, rotation + hand) | median offset error (px) | "
              "FSC0.5 vs true map (A) | half-map FSC0.143 (A) | iterations | time (s) |",
              "|---|---|---|---|---|---|---|"]

@@ -101,7 +101,9 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
         form.addParam("startShifts", params.EnumParam, default=0, choices=START_SHIFTS,
                       label="Starting offsets",
                       help="centre of mass: estimated from each particle without a "
-                           "reference (exact on clean data, little help at very low SNR). "
+                           "reference (exact on clean data; skipped, with a line in the log, "
+                           "when the estimated noise is above the signal, where it is only "
+                           "noise: then the input offsets are the start). "
                            "input offsets: those the particles carry (e.g. from 2-D "
                            "classification or re-centring; 0 if none). zero: none. The "
                            "refinement then searches the offsets against the maps.")
