@@ -1,0 +1,81 @@
+"""core/abinitio.py pieces: the noise estimate, the centring policy, the model grid, the
+data-like simulation."""
+import numpy as np
+import pytest
+
+from orientlearn.core import abinitio, alignment, simulation, volumes
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
+
+MAP = "orientlearn/data/5j0n.mrc"
+
+
+@pytest.fixture(scope="module")
+def small_map():
+    vol, voxel = volumes.read_volume(MAP)
+    return volumes.downsample_volume(vol, 32), voxel * vol.shape[0] / 32
+
+
+@pytest.mark.parametrize("sigma2", [0.5, 4.0, 16.0])
+def test_noise_estimate_within_25_percent(small_map, sigma2):
+    vol, px = small_map
+    sim = simulation.simulate_particles(vol, 300, sigma2=sigma2, ctf=True, max_shift=1.0,
+                                        voxel_size=px, seed=3, return_clean=False)
+    # 5j0n spans ~75 voxels of 3.667 A: ~280 A, 32 px of 8.7 A here.
+    est = abinitio.estimate_noise_sigma2(sim["images"], diameter=280 / px, max_shift=1.0)
+    assert abs(est / sigma2 - 1) < 0.25, (est, sigma2)
+    assert abinitio.estimate_noise_sigma2(np.zeros((4, 32, 32)) + np.random.default_rng(0)
+                                          .standard_normal((4, 32, 32)), 10) > 50
+
+
+def _ab_initio(images, px, start_shifts, shifts=None):
+    settings = abinitio.AbInitioSettings(diameter_A=280.0, start_shifts=start_shifts,
+                                         max_shift=2.0)
+    meta = dict(image_size=images.shape[-1], pixel_size=px, head="rotation")
+    run = abinitio.AbInitio(images, px, model=None, meta=meta, settings=settings,
+                            shifts=shifts, log=lambda line: None)
+    run.sigma2 = abinitio.estimate_noise_sigma2(images, run.diameter_px, 2.0)
+    return run
+
+
+def test_centre_of_mass_used_when_clean_and_skipped_when_noisy(small_map):
+    vol, px = small_map
+    clean = simulation.simulate_particles(vol, 60, max_shift=2.0, voxel_size=px, seed=1)
+    run = _ab_initio(clean["images"], px, "centre of mass")
+    t = run.start_shifts()
+    # Clean: the true offsets in the frame centred on the object's centre of mass.
+    _, errors = alignment.fit_frame_translation(clean["quaternions"], t, clean["shifts"])
+    assert np.median(errors) < 0.3
+    noisy = simulation.simulate_particles(vol, 60, max_shift=2.0, voxel_size=px, seed=1,
+                                          sigma2=16.0, return_clean=False)
+    given = np.full((60, 2), 0.25)
+    run = _ab_initio(noisy["images"], px, "centre of mass", shifts=given)
+    assert run.sigma2 > abinitio.CENTRE_OF_MASS_MAX_SIGMA2
+    np.testing.assert_array_equal(run.start_shifts(), given)   # skipped: the input ones
+    assert np.all(_ab_initio(noisy["images"], px, "zero", given).start_shifts() == 0)
+    with pytest.raises(ValueError, match="start_shifts"):
+        _ab_initio(noisy["images"], px, "middle").start_shifts()
+
+
+def test_model_grid_by_pixel_size_and_by_diameter():
+    images = np.random.default_rng(0).standard_normal((3, 64, 64)).astype(np.float32)
+    grid = abinitio.ModelGrid(dict(image_size=32, pixel_size=4.0), box=64, pixel_size=2.0,
+                              diameter_A=100.0)
+    assert grid(images).shape == (3, 32, 32) and grid.scaler is None
+    gen = abinitio.ModelGrid(dict(image_size=32, fill=0.6, kind="generalist"), box=64,
+                             pixel_size=2.0, diameter_A=100.0)
+    assert gen(images).shape == (3, 32, 32)
+    assert abs(gen.scaler.diameter_px - 0.6 * 32) < 1.0
+
+
+def test_simulated_like_the_data_draws_the_data_ctfs(small_map):
+    vol, px = small_map
+    ctf = dict(defocus_u=np.array([1.1e4, 2.2e4]), defocus_v=np.array([1.0e4, 2.0e4]),
+               astig_angle=np.array([0.1, 0.2]), voltage=300.0, cs=2.7,
+               amplitude_contrast=0.1)
+    sim = abinitio.simulate_like_data(vol, px, 40, ctf=ctf, sigma2=2.0, max_shift=1.0,
+                                      seed=2)
+    assert sim["images"].shape == (40, 32, 32)
+    assert set(np.unique(sim["ctf"]["defocus_u"])) <= {1.1e4, 2.2e4}
+    assert sim["sigma2"] == 2.0 and np.abs(sim["shifts"]).max() <= 1.0
