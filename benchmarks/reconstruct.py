@@ -32,7 +32,14 @@ import time
 import numpy as np
 
 from orientlearn.benchmarking import (
-    MAP_PATH, REPO, BenchmarkRun, peak_rss_mb, support_radius, volume_at_size, write_report)
+    MAP_PATH,
+    REPO,
+    BenchmarkRun,
+    peak_rss_mb,
+    support_radius,
+    volume_at_size,
+    write_report,
+)
 from orientlearn.core import fsc, geometry, projection, reconstruction
 from orientlearn.core.progress import ProgressReporter
 from orientlearn.core.threads import thread_count

@@ -45,8 +45,15 @@ import time
 import numpy as np
 
 from orientlearn.benchmarking import (
-    MAP_PATH, BenchmarkRun, downsampled_noise_factor, paper_split, simulate_like_paper,
-    split_sizes, volume_at_size, write_report)
+    MAP_PATH,
+    BenchmarkRun,
+    downsampled_noise_factor,
+    paper_split,
+    simulate_like_paper,
+    split_sizes,
+    volume_at_size,
+    write_report,
+)
 from orientlearn.core import geometry, model_io, network, training
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -10,7 +10,6 @@ from collections import OrderedDict
 
 import mrcfile
 import numpy as np
-
 import pwem.constants as emcts
 import pwem.objects as emobj
 

@@ -67,6 +67,7 @@ def _tail(path, stop, echo):
 
 def run_workflow(args):
     import orientlearn
+
     from .scipion_env import setup_scipion_environment
     setup_scipion_environment()   # headless Scipion, before pyworkflow reads its config
     from pyworkflow.project import Manager
@@ -135,7 +136,6 @@ def run_workflow(args):
 
 def report(project, runs, timings, values, figures_dir=None):
     """Print the result table and write the figures; returns (table text, figure paths)."""
-    import numpy as np
     from .viewers.figures import save_protocol_figures
     cmp_ = runs["compare with ground truth"]
     res = cmp_.getResults()
@@ -145,9 +145,10 @@ def report(project, runs, timings, values, figures_dir=None):
              f"particles at {values['size']} px",
              "",
              f"{'orientation error (test particles)':<42}{'median':>10}{'mean':>10}",
-             f"{'  aligned by O(4) (paper E_OR), rad':<42}{res['o4_median']:>10.3f}{res['o4_mean']:>10.3f}",
-             f"{'  aligned by rotation+handedness, rad':<42}{res['rot_median']:>10.3f}{res['rot_mean']:>10.3f}",
-             f"{'  (unrelated orientations), rad':<42}{res['random_median']:>10.3f}{res['random_mean']:>10.3f}",
+             *(f"{label:<42}{res[key + '_median']:>10.3f}{res[key + '_mean']:>10.3f}"
+               for label, key in (("  aligned by O(4) (paper E_OR), rad", "o4"),
+                                  ("  aligned by rotation+handedness, rad", "rot"),
+                                  ("  (unrelated orientations), rad", "random"))),
              "",
              f"{'resolution':<42}{'FSC0.5':>10}{'FSC0.143':>10}"]
     if "fsc_ref" in rec_truth:
@@ -164,8 +165,9 @@ def report(project, runs, timings, values, figures_dir=None):
     figures_dir = figures_dir or os.path.join(project.getPath(), "figures")
     paths = []
     for label, prot in runs.items():
-        prefix = label.split(" (")[0].replace(" ", "_") + \
-            ("_truth_" if "aligned to truth" in label else "_free_" if "as recovered" in label else "_")
+        kind = ("_truth_" if "aligned to truth" in label
+                else "_free_" if "as recovered" in label else "_")
+        prefix = label.split(" (")[0].replace(" ", "_") + kind
         paths += save_protocol_figures(prot, figures_dir, prefix=prefix)
     vol = runs["reconstruct (as recovered)"].outputVolume.getFileName()
     lines += ["", f"figures: {figures_dir}"] + [f"  {os.path.basename(p)}" for p in paths]

@@ -18,8 +18,7 @@ import sys
 import pwem
 
 from . import __version__
-from .constants import (DEMO_MAP, ORIENTLEARN_ASPIRE_PYTHON, ORIENTLEARN_GPU,
-                        ORIENTLEARN_HOME)
+from .constants import DEMO_MAP, ORIENTLEARN_ASPIRE_PYTHON, ORIENTLEARN_GPU, ORIENTLEARN_HOME
 
 ENV_FOLDER = "env"           # the virtual environment inside ORIENTLEARN_HOME
 ENV_FLAG = "orientlearn_env_installed"

@@ -150,7 +150,8 @@ def _procrustes(M, det_sign):
 def _refine_o4(q_ref, q_est, T, group, n_sign_iter, n_irls_iter, tol=1e-12):
     """Alternate sign (and symmetry-mate) choice with Procrustes, then IRLS on mean d_q.
 
-    Run with either ``n_sign_iter`` or ``n_irls_iter`` zero. Keeps ``det T``. Returns ``(T, mean error)``, the best iterate seen.
+    Run with either ``n_sign_iter`` or ``n_irls_iter`` zero. Keeps ``det T``. Returns
+    ``(T, mean error)``, the best iterate seen.
     """
     det_sign = np.sign(np.linalg.det(T))
     best_T, best_err = T, np.inf

@@ -12,7 +12,8 @@ calculation is periodic, so the molecule must fit in the box (checked).
 Resolution: gemmi sums Gaussians in real space; every atom gets the small extra blur
 that gemmi's ``set_refmac_compatible_blur`` picks to sample that sum without aliasing
 on a grid of ``pixel_size`` (it depends on the atoms' smallest B: 62 A^2, a Gaussian of
-0.9 A standard deviation, for B = 10 A^2 atoms at 1 A/px; un-blurring it would ring), and the map is then
+0.9 A standard deviation, for B = 10 A^2 atoms at 1 A/px; un-blurring it would ring), and
+the map is then
 low-passed with a soft edge at ``resolution`` (default: Nyquist, ``2 * pixel_size``).
 An optional ``b_factor`` (A^2) blurs every atom further, like a temperature factor
 (amplitude ``exp(-b_factor s^2 / 4)`` at spatial frequency ``s``, 1/A).

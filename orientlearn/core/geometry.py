@@ -267,9 +267,11 @@ def symmetry_group(name="C1"):
         if s[0] == "D":
             gens.append(axis_angle_quaternion([1, 0, 0], np.pi))
     elif s == "T":
-        gens = [axis_angle_quaternion([0, 0, 1], np.pi), axis_angle_quaternion([1, 1, 1], 2 * np.pi / 3)]
+        gens = [axis_angle_quaternion([0, 0, 1], np.pi),
+                axis_angle_quaternion([1, 1, 1], 2 * np.pi / 3)]
     elif s == "O":
-        gens = [axis_angle_quaternion(z, np.pi / 2), axis_angle_quaternion([1, 1, 1], 2 * np.pi / 3)]
+        gens = [axis_angle_quaternion(z, np.pi / 2),
+                axis_angle_quaternion([1, 1, 1], 2 * np.pi / 3)]
     elif s in ("I", "I2"):
         phi = (1 + np.sqrt(5)) / 2
         # 2-folds on x, y, z; a 5-fold on (0, 1, phi) and a 3-fold on (1, 1, 1).

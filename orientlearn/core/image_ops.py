@@ -22,7 +22,8 @@ from .threads import run_chunks
 __all__ = [
     "shift_images", "add_noise", "snr_db_to_sigma2", "sigma2_to_snr_db", "downsample",
     "normalize_images", "rotate_images", "mirror_images", "apply_image_transform",
-    "rotate_quarter_turns", "transform_images", "transform_quaternion", "image_transform_quaternion",
+    "rotate_quarter_turns", "transform_images", "transform_quaternion",
+    "image_transform_quaternion",
     "crop_or_pad",
 ]
 
@@ -94,7 +95,8 @@ def _filter_padded(images, shifts=None, ctf_params=None, pixel_size=1.0, pad_siz
         row[:, :, P - c:] = src[:, :, :c]
         fx = sfft.rfft(row, axis=-1, workers=1)                   # (k, N, h) complex64
         if shifts is not None:
-            fx *= np.exp((-2j * np.pi) * shifts[b0:b1, 0, None] * kx).astype(np.complex64)[:, None, :]
+            ramp_x = np.exp((-2j * np.pi) * shifts[b0:b1, 0, None] * kx).astype(np.complex64)
+            fx *= ramp_x[:, None, :]
         f = local.f[:k]
         f[:, :r] = fx[:, c:]
         f[:, r:P - c] = 0
@@ -105,7 +107,8 @@ def _filter_padded(images, shifts=None, ctf_params=None, pixel_size=1.0, pad_siz
             ctf = shared_ctf if shared_ctf is not None else maker.fill(b0, b1, local.ctf)
             f *= ctf.reshape(-1, P, h)
         if shifts is not None:
-            f *= np.exp((-2j * np.pi) * shifts[b0:b1, 1, None] * ky).astype(np.complex64)[:, :, None]
+            ramp_y = np.exp((-2j * np.pi) * shifts[b0:b1, 1, None] * ky).astype(np.complex64)
+            f *= ramp_y[:, :, None]
         f = sfft.ifft(f, axis=-2, workers=1, overwrite_x=True)
         kept = np.concatenate([f[:, P - c:], f[:, :r]], axis=1)   # the N rows of the crop
         res = sfft.irfft(kept, n=P, axis=-1, workers=1)           # (k, N, P) float32

@@ -14,7 +14,8 @@ import numpy as np
 
 __all__ = [
     "build_embedding_network", "feature_distance", "feature_distance_tf", "preprocess_images",
-    "embed", "estimate_distances", "distance_matrix", "ARCHITECTURES", "DISTANCE_HEADS", "DEFAULT_HEAD", "PAIR_LOSSES",
+    "embed", "estimate_distances", "distance_matrix", "ARCHITECTURES", "DISTANCE_HEADS",
+    "DEFAULT_HEAD", "PAIR_LOSSES",
     "cosine_to_distance", "angle_to_distance",
 ]
 

@@ -33,7 +33,8 @@ class VolumeSpectrum:
     ``spectrum``: complex64 ``(Np + 4,) * 3``, zero frequency at index ``Np // 2 + 2``
     (``fftshift`` order, wrapped by 2 samples on every side so the interpolation stencil
     never leaves the array); ``spectrum_half_shift``: same, sampled on the grid shifted by
-    half a sample along every axis (or None); ``size``: ``N`` of the volume; ``padded_size``: ``Np``;
+    half a sample along every axis (or None); ``size``: ``N`` of the volume;
+    ``padded_size``: ``Np``;
     ``support_radius``: radius in voxels of the volume's non-zero region (used to size
     the 2-D grid so projections do not wrap around).
     """

@@ -152,7 +152,8 @@ class LocalRefiner:
         self.pixel_size = float(pixel_size)
         self.ctf = ctf
         s = self.settings
-        self.mask_radius = (self.size / 2.0 - 4.0) if s.mask_radius is None else float(s.mask_radius)
+        self.mask_radius = ((self.size / 2.0 - 4.0) if s.mask_radius is None
+                            else float(s.mask_radius))
         self.log = log or (lambda line: None)
         self.progress = progress
         self.particles = als.ParticleSpectra(self.images, pixel_size, ctf=ctf,
@@ -324,7 +325,8 @@ class LocalRefiner:
                    angular_step=float(step), resolution=self.resolution(),
                    resolution_05=self.resolution(0.5),
                    median_rotation_change=float(np.median(_angles_between(R_old, self.rotations))),
-                   median_shift_change=float(np.median(np.linalg.norm(self.shifts - t_old, axis=1))),
+                   median_shift_change=float(np.median(
+                       np.linalg.norm(self.shifts - t_old, axis=1))),
                    median_score=float(np.median(self.scores)),
                    seconds=time.perf_counter() - t0)
         self.history.append(rec)
@@ -409,6 +411,7 @@ def refine_particles(images, pixel_size, orientations, shifts=None, ctf=None,
             raise ValueError("centring by centre of mass needs the particle diameter (px)")
         unmasked = als.ParticleSpectra(images, pixel_size, ctf=ctf)
         start, info = centering.centre_particles(unmasked, settings.shift_range, diameter)
-        log(f"Reference-free centring: median offset {np.median(np.linalg.norm(start, axis=1)):.2f} px "
+        offset = np.median(np.linalg.norm(start, axis=1))
+        log(f"Reference-free centring: median offset {offset:.2f} px "
             f"({info['seconds']:.1f} s)")
     return refiner.run(orientations, start, initial_map)

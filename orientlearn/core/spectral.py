@@ -119,7 +119,7 @@ def _spectral(i, j, k, transforms, d_hat, n_particles, max_distance=None, seed=0
     """``spectral_initialization``, returning ``(q (N, 4), method used)``."""
     import scipy.sparse as sp
     import scipy.sparse.linalg as sla
-    i = np.asarray(i, np.int64); j = np.asarray(j, np.int64); k = np.asarray(k, np.int64)
+    i, j, k = (np.asarray(x, np.int64) for x in (i, j, k))
     d_hat = np.asarray(d_hat, np.float64)
     N = int(n_particles)
     table = transform_table(transforms)
@@ -149,7 +149,7 @@ def _spectral(i, j, k, transforms, d_hat, n_particles, max_distance=None, seed=0
         vals = blocks.ravel()
         del blocks
         # Block (j, i) is the transpose of block (i, j): the same entries, swapped indices.
-        r_all = np.concatenate([rows, cols]); c_all = np.concatenate([cols, rows])
+        r_all, c_all = np.concatenate([rows, cols]), np.concatenate([cols, rows])
         del rows, cols
         v_all = np.concatenate([vals, vals]) * s[r_all] * s[c_all]
         A = sp.csr_matrix((v_all, (r_all, c_all)), shape=(2 * N, 2 * N))
@@ -215,7 +215,7 @@ def resolve_ambiguity(q, i, j, k, transforms, d_hat, weights=None, n_candidates=
     The final joint refinement by ``recover_orientations`` polishes ``c``.
     """
     q = np.asarray(q, np.float64)
-    i = np.asarray(i, np.int64); j = np.asarray(j, np.int64); k = np.asarray(k, np.int64)
+    i, j, k = (np.asarray(x, np.int64) for x in (i, j, k))
     transforms = np.asarray(transforms, np.float64)
     w = np.ones(len(i)) if weights is None else np.asarray(weights, np.float64)
     nontrivial = np.abs(np.abs(transforms[:, 0]) - 1) > 1e-9

@@ -186,7 +186,8 @@ def make_strategy(gpus=None):
     first ``gpus`` of them) when there are several, else the default strategy (one GPU
     or the CPU)."""
     tf = _tf()
-    devices = [d.name.replace("physical_device:", "") for d in tf.config.list_physical_devices("GPU")]
+    devices = [d.name.replace("physical_device:", "")
+               for d in tf.config.list_physical_devices("GPU")]
     if gpus is not None:
         devices = devices[:int(gpus)]
     if len(devices) > 1:
@@ -247,9 +248,9 @@ def train_distance_model(images, quaternions, symmetry="C1", architecture="resne
         ``batch_size / replicas`` images of the batch and supervises the pairs among them.
     model: continue training this model instead of building a new one.
     head: how feature cosines become distances (``DISTANCE_HEADS``,
-        ``cosine_to_distance``); ``'rotation'`` (the default) has no plateau at large distances. Store
-        it with the model (``save_distance_model`` metadata ``head``): embeddings must be
-        read with the head they were trained with.
+        ``cosine_to_distance``); ``'rotation'`` (the default) has no plateau at large
+        distances. Store it with the model (``save_distance_model`` metadata ``head``):
+        embeddings must be read with the head they were trained with.
 
     Returns ``(model, history)``: ``history`` has per-epoch lists ``loss``, ``val_loss``,
     ``pairs_per_s``, ``images_per_s``, ``epoch_time``, ``lr`` and scalars

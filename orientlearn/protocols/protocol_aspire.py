@@ -9,11 +9,10 @@ import json
 import os
 
 import numpy as np
-
 import pyworkflow.protocol.params as params
-from pyworkflow.constants import BETA
 from pwem.objects import SetOfParticles
 from pwem.protocols import ProtInitialVolume
+from pyworkflow.constants import BETA
 
 from .. import convert
 from ..core import peer_aspire
@@ -183,8 +182,9 @@ class OrientLearnProtAspire(OrientLearnProtBase, ProtInitialVolume):
         if not info:
             return []
         return [f"Orientations were estimated by common lines with voting [Singer2010] and "
-                f"synchronization [Shkolnisky2012] as implemented in ASPIRE {info.get('aspire_version')} "
-                f"[ASPIRE] (CLSyncVoting, n_theta {info.get('n_theta')}, images of "
+                f"synchronization [Shkolnisky2012] as implemented in ASPIRE "
+                f"{info.get('aspire_version')} [ASPIRE] (CLSyncVoting, n_theta "
+                f"{info.get('n_theta')}, images of "
                 f"{info.get('box')} px at {info.get('pixel_size', 0):.2f} A/px)."]
 
     def _citations(self):

@@ -7,7 +7,6 @@ import socket
 import time
 
 import numpy as np
-
 import pyworkflow.protocol.params as params
 from pwem.protocols import EMProtocol
 

@@ -3,12 +3,11 @@ import json
 import os
 
 import numpy as np
-
 import pyworkflow.object as pwobj
 import pyworkflow.protocol.params as params
-from pyworkflow.constants import PROD
 from pwem.objects import SetOfParticles
 from pwem.protocols import ProtAnalysis3D
+from pyworkflow.constants import PROD
 
 from .. import convert
 from ..core import geometry
@@ -160,8 +159,9 @@ class OrientLearnProtCompare(OrientLearnProtBase, ProtAnalysis3D):
             return []
         lines = [f"{'alignment':<28}{'mean':>16}{'median':>16}"]
         for key, label in (("o4", "O(4) (paper's E_OR)"), ("rot", "rotation + handedness")):
-            lines.append(f"{label:<28}{r[key + '_mean']:>8.3f} rad {np.degrees(r[key + '_mean']):>5.1f}°"
-                         f"{r[key + '_median']:>8.3f} rad {np.degrees(r[key + '_median']):>5.1f}°")
+            mean, median = r[key + "_mean"], r[key + "_median"]
+            lines.append(f"{label:<28}{mean:>8.3f} rad {np.degrees(mean):>5.1f}°"
+                         f"{median:>8.3f} rad {np.degrees(median):>5.1f}°")
         lines.append(f"viewing direction / in-plane median (rotation+handedness): "
                      f"{np.degrees(r['rot_viewing_direction_median']):.1f}° / "
                      f"{np.degrees(r['rot_in_plane_median']):.1f}°")

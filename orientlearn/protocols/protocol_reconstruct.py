@@ -1,10 +1,9 @@
 """Protocol ``reconstruct``: a volume from particles and their orientations, with FSC."""
 import numpy as np
-
 import pyworkflow.protocol.params as params
-from pyworkflow.constants import PROD
 from pwem.objects import FSC, SetOfFSCs, Volume
 from pwem.protocols import ProtReconstruct3D
+from pyworkflow.constants import PROD
 
 from .. import convert
 from ..constants import RECONSTRUCT_ASTRA, RECONSTRUCT_FOURIER
@@ -166,6 +165,7 @@ class OrientLearnProtReconstruct(OrientLearnProtBase, ProtReconstruct3D):
     def getResolutions(self):
         """{'fsc_half': (FSC0.5 A, FSC0.143 A), 'fsc_ref': (...)} from the saved curves."""
         import os
+
         from ..core import fsc
         path = self._getExtraPath(FSC_FILE)
         if not os.path.exists(path):

@@ -3,11 +3,10 @@ import json
 import os
 
 import numpy as np
-
 import pyworkflow.protocol.params as params
-from pyworkflow.constants import PROD
 from pwem.objects import FSC, SetOfFSCs, SetOfParticles, Volume
 from pwem.protocols import ProtRefine3D
+from pyworkflow.constants import PROD
 
 from .. import convert
 from ..core import geometry

@@ -2,15 +2,22 @@
 import os
 
 import numpy as np
-
 import pyworkflow.protocol.params as params
-from pyworkflow.constants import PROD
 from pwem.objects import Acquisition, SetOfParticles, Volume
 from pwem.protocols import ProtParticles
+from pyworkflow.constants import PROD
 
 from .. import convert
-from ..constants import (NOISE_NONE, NOISE_SIGMA2, NOISE_SNR, ORIENT_UNIFORM, ORIENT_SYMMETRY,
-                         SIM_FROM_VOLUME, SIM_FROM_ATOMSTRUCT, SIM_FROM_FILES)
+from ..constants import (
+    NOISE_NONE,
+    NOISE_SIGMA2,
+    NOISE_SNR,
+    ORIENT_SYMMETRY,
+    ORIENT_UNIFORM,
+    SIM_FROM_ATOMSTRUCT,
+    SIM_FROM_FILES,
+    SIM_FROM_VOLUME,
+)
 from ..core import geometry
 from .protocol_base import OrientLearnProtBase
 
@@ -290,7 +297,6 @@ class OrientLearnProtSimulate(OrientLearnProtBase, ProtParticles):
 
     # -------------------------- INFO functions ---------------------------------
     def _validateAtoms(self):
-        from ..core import atoms
         if self.inputSource.get() == SIM_FROM_ATOMSTRUCT and self.inputStructure.get() is None:
             return ["Atomic structure(s): not set."]
         try:
@@ -368,9 +374,11 @@ class OrientLearnProtSimulate(OrientLearnProtBase, ProtParticles):
             return []
         source = ("density maps computed from atomic models with gemmi [Wojdyr2022]"
                   if self._fromAtoms() else self.getObjectTag("inputVolume"))
+        where = ("on SO(3)" if self.orientationMode == ORIENT_UNIFORM
+                 else "in the asymmetric unit of " + self.symmetryGroup.get())
         return [f"We simulated {self.numberOfParticles.get()} projections of "
                 f"{source} with orientations drawn uniformly "
-                f"{'on SO(3)' if self.orientationMode == ORIENT_UNIFORM else 'in the asymmetric unit of ' + self.symmetryGroup.get()}"
+                f"{where}"
                 f", following the imaging model of [Banjac2021]."]
 
     def _citations(self):

@@ -4,10 +4,9 @@ import os
 import shutil
 
 import numpy as np
-
 import pyworkflow.protocol.params as params
-from pyworkflow.constants import PROD
 from pwem.protocols import Prot3D, ProtImport
+from pyworkflow.constants import PROD
 from pyworkflow.protocol.constants import MODE_RESUME
 
 from .. import convert

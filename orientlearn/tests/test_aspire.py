@@ -19,16 +19,18 @@ import unittest
 from unittest import mock
 
 import numpy as np
-
-from pyworkflow.tests import BaseTest, setupTestProject
 from pwem.objects import Particle, SetOfParticles
 from pwem.protocols import ProtImportVolumes
+from pyworkflow.tests import BaseTest, setupTestProject
 
 import orientlearn
 from orientlearn import convert
 from orientlearn.core import geometry, peer_aspire
-from orientlearn.protocols import (OrientLearnProtAspire, OrientLearnProtCompare,
-                                   OrientLearnProtSimulate)
+from orientlearn.protocols import (
+    OrientLearnProtAspire,
+    OrientLearnProtCompare,
+    OrientLearnProtSimulate,
+)
 from orientlearn.protocols.protocol_aspire import WORK_DIR
 
 VAR = peer_aspire.ASPIRE_PYTHON_VAR

@@ -11,9 +11,8 @@ import re
 
 import pytest
 
-from orientlearn.core import model_io, peer_aspire, simulation, training, volumes
-
 from orientlearn.benchmarking import MAP_PATH, run_benchmark_script
+from orientlearn.core import model_io, peer_aspire, simulation, training, volumes
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>

@@ -29,9 +29,8 @@ would predict for those angles and origins against our own projector.
 import os
 
 import numpy as np
-import pytest
-
 import pwem.objects as emobj
+import pytest
 from pwem.constants import ALIGN_PROJ
 from pwem.convert import transformations as tfs
 

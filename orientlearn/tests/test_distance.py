@@ -1,4 +1,5 @@
-"""Tests of orientlearn.core.network / training / model_io: the learned distance d_hat (paper eq. 3).
+"""Tests of orientlearn.core.network / training / model_io: the learned distance d_hat
+(paper eq. 3).
 
 Small synthetic data made here (a real-space projector of an asymmetric blob volume),
 tiny networks, CPU only.
@@ -11,8 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from orientlearn.core import geometry
-from orientlearn.core import graph, image_ops, model_io, network, training
+from orientlearn.core import geometry, graph, image_ops, model_io, network, training
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
@@ -29,7 +29,8 @@ def blob_volume(size=24, seed=3):
         centre = rng.uniform(-0.28, 0.28, 3) * size
         width = rng.uniform(0.06, 0.12) * size
         vol += rng.uniform(0.5, 1.5) * np.exp(
-            -((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) / (2 * width ** 2))
+            -((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
+            / (2 * width ** 2))
     # Zero outside a sphere clear of the box faces (for even sizes the box is not
     # symmetric about the centre: index 0 has no mirror partner).
     return vol * (z ** 2 + y ** 2 + x ** 2 <= (c - 2) ** 2)
@@ -118,8 +119,10 @@ def test_feature_distance_range_and_matrix():
     assert network.DEFAULT_HEAD == "rotation" == network.DISTANCE_HEADS[0]
     np.testing.assert_array_equal(network.feature_distance(f[:5], f[5:10]),
                                   network.feature_distance(f[:5], f[5:10], "rotation"))
-    np.testing.assert_array_equal(network.distance_matrix(f), network.distance_matrix(f, "rotation"))
-    np.testing.assert_array_equal(network.angle_to_distance(1.0), network.angle_to_distance(1.0, "rotation"))
+    np.testing.assert_array_equal(network.distance_matrix(f),
+                                  network.distance_matrix(f, "rotation"))
+    np.testing.assert_array_equal(network.angle_to_distance(1.0),
+                                  network.angle_to_distance(1.0, "rotation"))
     import inspect
     for fn in (network.cosine_to_distance, network.angle_to_distance, network.feature_distance,
                network.feature_distance_tf, network.distance_matrix, network.estimate_distances,
@@ -137,7 +140,8 @@ def test_rotation_head_is_exact_on_rotation_matrix_features():
     np.testing.assert_allclose(d_rot, d_true, atol=2e-3)
     assert np.abs(network.distance_matrix(f, head="angle") - d_true).max() > 0.5
     c = np.array([1.0, 1 / 3, -1 / 3, -0.9])
-    np.testing.assert_allclose(network.cosine_to_distance(c, "rotation"), [0, np.pi / 2, np.pi, np.pi])
+    np.testing.assert_allclose(network.cosine_to_distance(c, "rotation"),
+                               [0, np.pi / 2, np.pi, np.pi])
     np.testing.assert_allclose(network.angle_to_distance(np.arccos(c), "angle"), np.arccos(c))
     import tensorflow as tf
     a, b = tf.constant(f[:50], tf.float32), tf.constant(f[50:100], tf.float32)
@@ -325,6 +329,7 @@ def test_validation_indices_match_training_split():
     # The held-out particles reported for evaluation are those training never saw:
     # same permutation stream as train_distance_model's split.
     import numpy as np
+
     from orientlearn.core import model_io
     a = model_io.validation_indices([100, 40], 0.2, seed=3)
     assert [len(x) for x in a] == [20, 8]

@@ -1,4 +1,5 @@
-"""Tests of the imaging model (eq. 1: volumes, projection, ctf, image_ops, simulation): small synthetic volumes, a few seconds."""
+"""Tests of the imaging model (eq. 1: volumes, projection, ctf, image_ops, simulation):
+small synthetic volumes, a few seconds."""
 import numpy as np
 import pytest
 
@@ -23,7 +24,8 @@ def _gaussians(n, centres, sigmas, amps=None):
         img = np.zeros((n, n))
         for p, s, a in zip(centres, sigmas, amps):
             m = R @ p
-            img += a * np.sqrt(2 * np.pi) * s * np.exp(-((xx - m[0]) ** 2 + (yy - m[1]) ** 2) / (2 * s * s))
+            r2 = (xx - m[0]) ** 2 + (yy - m[1]) ** 2
+            img += a * np.sqrt(2 * np.pi) * s * np.exp(-r2 / (2 * s * s))
         return img
 
     return vol.astype(np.float32), exact
@@ -74,7 +76,8 @@ def test_precompensation_interleaving_oversampling_reduce_error():
     R = geometry.quaternion_to_matrix(q)
 
     def err(os_, pre, il):
-        imgs = projection.project(projection.prepare_volume(vol, os_, precompensate=pre, interleave=il), q)
+        spec = projection.prepare_volume(vol, os_, precompensate=pre, interleave=il)
+        imgs = projection.project(spec, q)
         return max(_rel(imgs[i], exact(R[i])) for i in range(len(q)))
 
     e_default = err(2, True, True)
@@ -161,7 +164,8 @@ def test_rotate_images_equals_projection_of_rotated_orientation(blobs):
     q = geometry.uniform_quaternions(3, seed=9)
     imgs = projection.project(spec, q)
     for alpha, tol in [(np.pi / 2, 1e-5), (np.pi, 1e-5), (-np.pi / 2, 1e-5), (0.7, 0.02)]:
-        expected = projection.project(spec, geometry.multiply(geometry.in_plane_quaternion(alpha), q))
+        expected = projection.project(
+            spec, geometry.multiply(geometry.in_plane_quaternion(alpha), q))
         got = image_ops.rotate_images(imgs, alpha)
         assert np.abs(got - expected).max() < tol * np.abs(expected).max(), alpha
     # per-image angles
@@ -289,7 +293,8 @@ def test_sample_ctf_params():
     p = ctf.sample_ctf_params(500, defocus_range=(1e4, 3e4), astigmatism=(0, 800), seed=2)
     mean = (p["defocus_u"] + p["defocus_v"]) / 2
     assert mean.min() >= 1e4 and mean.max() <= 3e4
-    assert np.all(p["defocus_u"] >= p["defocus_v"]) and (p["defocus_u"] - p["defocus_v"]).max() <= 800
+    assert np.all(p["defocus_u"] >= p["defocus_v"])
+    assert (p["defocus_u"] - p["defocus_v"]).max() <= 800
     q = ctf.sample_ctf_params(500, seed=2, astigmatism=(0, 800))
     np.testing.assert_array_equal(p["defocus_u"], q["defocus_u"])
 
@@ -331,8 +336,8 @@ def test_ctf_2d_batch_matches_float64_formula(size, pix, df, astig):
                                                  ang[2], phase_shift=ps[2], b_factor=40.0, **kw),
                                   got[2])
     one = ctf.ctf_2d_batch(size, pix, 2e4, 2e4, 0.0, **kw)
-    np.testing.assert_allclose(one[0], _ctf_reference(size, pix, 2e4, 2e4, 0.0, 200.0, 1.4, 0.07)[0],
-                               atol=3e-6, rtol=0)
+    ref = _ctf_reference(size, pix, 2e4, 2e4, 0.0, 200.0, 1.4, 0.07)[0]
+    np.testing.assert_allclose(one[0], ref, atol=3e-6, rtol=0)
 
 
 @pytest.mark.parametrize("size", [64, 65])
@@ -440,7 +445,8 @@ def test_noise_variance_and_snr_round_trip():
     assert not np.array_equal(noisy, image_ops.add_noise(zeros, sigma2=16.0, seed=2))
     np.testing.assert_allclose(image_ops.sigma2_to_snr_db(16.0), -12.04, atol=0.01)
     for s2 in (0.5, 4.0, 16.0):
-        np.testing.assert_allclose(image_ops.snr_db_to_sigma2(image_ops.sigma2_to_snr_db(s2, 2.0), 2.0), s2)
+        snr = image_ops.sigma2_to_snr_db(s2, 2.0)
+        np.testing.assert_allclose(image_ops.snr_db_to_sigma2(snr, 2.0), s2)
     signal = 3.0 * np.random.default_rng(0).standard_normal((50, 32, 32)).astype(np.float32)
     out = image_ops.add_noise(signal, snr_db=-6.0, seed=0)
     measured = image_ops.sigma2_to_snr_db((out - signal).var(), signal.var())
@@ -491,6 +497,7 @@ def test_normalize_images():
 
 def _write_mrc(path, data, voxel_size=2.0, axes=None):
     import warnings
+
     import mrcfile
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")               # mrcfile warns about NaN data

@@ -38,7 +38,8 @@ class Refuse:
             raise ImportError(f"{name} is not importable here (test)")
         return None
 
-root, modules, attrs, BLOCKED = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+root = sys.argv[1]
+modules, attrs, BLOCKED = (json.loads(a) for a in sys.argv[2:5])
 sys.meta_path.insert(0, Refuse())
 env0, files0 = dict(os.environ), tree(root)
 for m in modules:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from orientlearn.core import geometry as geo
-from orientlearn.viewers import plots
 from orientlearn.tests.unittest_bridge import pytest_load_tests
+from orientlearn.viewers import plots
 
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 

@@ -3,8 +3,8 @@ import os
 
 import mrcfile
 import numpy as np
-from pyworkflow.tests import BaseTest, setupTestProject
 from pwem.protocols import ProtImportVolumes
+from pyworkflow.tests import BaseTest, setupTestProject
 
 import orientlearn
 from orientlearn import convert

@@ -3,9 +3,8 @@ import os
 import tempfile
 
 import numpy as np
-
-from pyworkflow.tests import BaseTest, setupTestProject
 from pwem.protocols import ProtImportPdb
+from pyworkflow.tests import BaseTest, setupTestProject
 
 from orientlearn import convert
 from orientlearn.constants import SIM_FROM_ATOMSTRUCT, SIM_FROM_FILES

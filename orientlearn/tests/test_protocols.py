@@ -7,20 +7,24 @@ root conftest.py sets up scratch Scipion folders).
 import os
 import sys
 
-import numpy as np
 import mrcfile
-
+import numpy as np
+from pwem.protocols import ProtImportParticles, ProtImportVolumes
 from pyworkflow.tests import BaseTest, setupTestProject
-from pwem.protocols import ProtImportVolumes, ProtImportParticles
 
 import orientlearn
 from orientlearn import convert
 from orientlearn.core import geometry
-from orientlearn.protocols import (OrientLearnProtSimulate, OrientLearnProtTrain,
-                                   OrientLearnProtRecover, OrientLearnProtReconstruct,
-                                   OrientLearnProtCompare, OrientLearnProtImportModel)
-from orientlearn.protocols.protocol_recover import CONFIDENCE_ATTR
+from orientlearn.protocols import (
+    OrientLearnProtCompare,
+    OrientLearnProtImportModel,
+    OrientLearnProtReconstruct,
+    OrientLearnProtRecover,
+    OrientLearnProtSimulate,
+    OrientLearnProtTrain,
+)
 from orientlearn.protocols.protocol_compare import ERROR_ATTR
+from orientlearn.protocols.protocol_recover import CONFIDENCE_ATTR
 
 
 class TestOrientLearnWorkflow(BaseTest):
@@ -215,7 +219,8 @@ class TestOrientLearnWorkflow(BaseTest):
 
         stack = os.path.abspath(self.proj.getPath("plain.mrcs"))
         convert.write_stack(stack, np.random.default_rng(0).normal(size=(12, 32, 32)), 2.0)
-        imp = self.newProtocol(ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_FILES,
+        imp = self.newProtocol(ProtImportParticles,
+                               importFrom=ProtImportParticles.IMPORT_FROM_FILES,
                                filesPath=stack, samplingRate=2.0)
         self.launchProtocol(imp)
         recon = self.newProtocol(OrientLearnProtReconstruct, inputParticles=imp.outputParticles)

@@ -1,4 +1,5 @@
-"""Tests of core/reconstruction.py and core/fsc.py: direct Fourier inversion, FSC, handedness, ASTRA geometry.
+"""Tests of core/reconstruction.py and core/fsc.py: direct Fourier inversion, FSC,
+handedness, ASTRA geometry.
 
 Ground truth is a sum of Gaussian blobs, whose projections are known in closed form
 (a Gaussian projects to a 2-D Gaussian centred at ``(R c)_xy + t``), so the tests do not
@@ -7,8 +8,7 @@ depend on any projector under test.
 import numpy as np
 import pytest
 
-from orientlearn.core import geometry
-from orientlearn.core import fsc, projection, reconstruction
+from orientlearn.core import fsc, geometry, projection, reconstruction
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
@@ -139,8 +139,8 @@ def test_ctf_correction_improves_fsc(scene):
     plain = reconstruction.reconstruct_fourier(images, scene["q"])
     corrected = reconstruction.reconstruct_fourier(images, scene["q"], ctfs=ctfs)
     # A callable gives CTFs on the padded grid (same pixel size, finer frequency step).
-    exact = reconstruction.reconstruct_fourier(images, scene["q"], ctfs=lambda idx, size: simple_ctf(
-        size, pixel, defocus[idx]))
+    exact = reconstruction.reconstruct_fourier(
+        images, scene["q"], ctfs=lambda idx, size: simple_ctf(size, pixel, defocus[idx]))
     f, c_plain = fsc.fsc(plain, scene["truth"], pixel)
     for vol in (corrected, exact):
         _, c_corr = fsc.fsc(vol, scene["truth"], pixel)

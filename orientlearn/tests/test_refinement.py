@@ -10,8 +10,17 @@ import pytest
 import scipy.fft as sfft
 from scipy.spatial.transform import Rotation
 
-from orientlearn.core import (alignment, centering, ctf, geometry, image_ops, projection,
-                              refinement, simulation, volumes)
+from orientlearn.core import (
+    alignment,
+    centering,
+    ctf,
+    geometry,
+    image_ops,
+    projection,
+    refinement,
+    simulation,
+    volumes,
+)
 from orientlearn.core import alignment_search as als
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 

@@ -19,17 +19,21 @@ import tracemalloc
 import mrcfile
 import numpy as np
 import pytest
-
+from pwem.protocols import ProtImportParticles, ProtImportVolumes
 from pyworkflow.protocol.constants import MODE_RESUME
 from pyworkflow.tests import BaseTest, setupTestProject
-from pwem.protocols import ProtImportParticles, ProtImportVolumes
 
 import orientlearn
 from orientlearn import convert
 from orientlearn.core import checks, geometry
-from orientlearn.protocols import (OrientLearnProtCompare, OrientLearnProtImportModel,
-                                   OrientLearnProtReconstruct, OrientLearnProtRecover,
-                                   OrientLearnProtSimulate, OrientLearnProtTrain)
+from orientlearn.protocols import (
+    OrientLearnProtCompare,
+    OrientLearnProtImportModel,
+    OrientLearnProtReconstruct,
+    OrientLearnProtRecover,
+    OrientLearnProtSimulate,
+    OrientLearnProtTrain,
+)
 from orientlearn.protocols.protocol_base import OrientLearnProtBase
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 

@@ -12,10 +12,9 @@ import sys
 import time
 import unittest
 
-from pyworkflow.tests import BaseTest
-
 import pwem.protocols as emprot
 from pwem import Domain
+from pyworkflow.tests import BaseTest
 
 import orientlearn
 from orientlearn import protocols as olprot

@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-
 from pyworkflow.template import TemplateList
 
 from orientlearn import demo

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from orientlearn.wizards import helpers
 from orientlearn.core import image_ops
 from orientlearn.tests.unittest_bridge import pytest_load_tests
+from orientlearn.wizards import helpers
 
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 

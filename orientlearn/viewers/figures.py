@@ -17,7 +17,7 @@ def _extra(prot, name):
 
 
 def _simulate_figures(prot):
-    from ..convert import read_stack, particle_orientations
+    from ..convert import particle_orientations, read_stack
     figs = {}
     noisy = read_stack(_extra(prot, "particles.mrcs"))[:16]
     clean_path = _extra(prot, "particles_clean.mrcs")

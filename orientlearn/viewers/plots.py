@@ -138,7 +138,8 @@ def plot_distance_density(d_true, d_est, bins=60, title="Estimated vs true dista
     hi = max(np.pi, float(np.nanmax(d_est)) if d_est.size else np.pi)
     counts, xe, ye = np.histogram2d(d_true, d_est, bins=bins, range=[[0, np.pi], [0, hi]])
     if counts.max() > 0:
-        mesh = ax.pcolormesh(xe, ye, counts.T, cmap="Blues", norm=LogNorm(vmin=1, vmax=counts.max()))
+        mesh = ax.pcolormesh(xe, ye, counts.T, cmap="Blues",
+                             norm=LogNorm(vmin=1, vmax=counts.max()))
         fig.colorbar(mesh, ax=ax, label="pairs", pad=0.12)
     ax.plot([0, np.pi], [0, np.pi], "k--", lw=1, label="identity")
     ax.set_xlabel("true distance d_q (rad)")

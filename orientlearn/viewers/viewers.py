@@ -46,8 +46,9 @@ class OrientLearnViewer(pwviewer.Viewer):
     @staticmethod
     def _chimeraViews(path):
         try:
-            from pwem.viewers.viewer_chimera import ChimeraView, Chimera
             import os
+
+            from pwem.viewers.viewer_chimera import Chimera, ChimeraView
             if Chimera.getProgram() and os.path.exists(Chimera.getProgram()):
                 return [ChimeraView(path)]
         except Exception:

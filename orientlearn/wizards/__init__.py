@@ -1,2 +1,4 @@
 """Scipion wizards of orientlearn."""
-from .wizards import NoiseWizard, ImageSizeWizard, MaxShiftWizard, SymmetryWizard
+from .wizards import ImageSizeWizard, MaxShiftWizard, NoiseWizard, SymmetryWizard
+
+__all__ = ["ImageSizeWizard", "MaxShiftWizard", "NoiseWizard", "SymmetryWizard"]

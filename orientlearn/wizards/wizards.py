@@ -2,8 +2,12 @@
 import pyworkflow.wizard as pwizard
 from pyworkflow.gui import dialog
 
-from ..protocols import OrientLearnProtSimulate, OrientLearnProtTrain
-from ..protocols import OrientLearnProtReconstruct, OrientLearnProtCompare
+from ..protocols import (
+    OrientLearnProtCompare,
+    OrientLearnProtReconstruct,
+    OrientLearnProtSimulate,
+    OrientLearnProtTrain,
+)
 from . import helpers
 
 
