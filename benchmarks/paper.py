@@ -30,8 +30,16 @@ import time
 import numpy as np
 
 from orientlearn.benchmarking import (
-    MAP_PATH, BenchmarkRun, downsampled_noise_factor, peak_rss_mb, split_sizes, support_radius,
-    volume_at_size, write_report)
+    MAP_PATH,
+    BenchmarkRun,
+    downsampled_noise_factor,
+    peak_rss_mb,
+    run_noise_settings,
+    setting_header,
+    split_sizes,
+    support_radius,
+    write_report,
+)
 from orientlearn.core import (
     alignment, alignment_search, centering, ctf, fsc, geometry, image_ops, model_io, network,
     pipeline, reconstruction, refinement, simulation, training)
@@ -405,18 +413,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     run = BenchmarkRun("paper.py", argv, tensorflow=True)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    true_map, pixel_size = volume_at_size(args.size, args.map)
-    log(f"map {args.map}: box {args.size}, {pixel_size:.3f} A/px; net on {args.net_size} px")
-    results = []
-    for s2 in args.sigma2:
-        log(f"setting sigma2={s2:g}")
-        results.append((s2, run_setting(args, s2, true_map, pixel_size, log)))
+    results, pixel_size = run_noise_settings(args, run_setting)
 
-    header = (f"## orientlearn paper benchmark: 5j0n, {args.n_particles} particles, "
-              f"{args.size} px at {pixel_size:.3f} Å/px (net on {args.net_size} px)"
-              + (", CTF + shifts" if args.ctf_shifts else "")
-              + (" [SMOKE RUN: numbers meaningless]" if args.smoke else ""))
+    header = setting_header("paper benchmark", args, pixel_size)
     table = build_table(results, paper=args.size == 116 and not args.ctf_shifts)
     notes = [
         "",

@@ -49,9 +49,10 @@ from orientlearn.benchmarking import (
     BenchmarkRun,
     downsampled_noise_factor,
     paper_split,
+    run_noise_settings,
+    setting_header,
     simulate_like_paper,
     split_sizes,
-    volume_at_size,
     write_report,
 )
 from orientlearn.core import geometry, model_io, network, training
@@ -380,18 +381,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     run = BenchmarkRun("train.py", argv, tensorflow=True)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    true_map, pixel_size = volume_at_size(args.size, args.map)
-    log(f"map {args.map}: box {args.size}, {pixel_size:.3f} A/px; net on {args.net_size} px")
-    results = []
-    for s2 in args.sigma2:
-        log(f"setting sigma2={s2:g}")
-        results.append((s2, run_setting(args, s2, true_map, pixel_size, log)))
+    results, pixel_size = run_noise_settings(args, run_setting)
 
-    header = (f"## orientlearn distance learning: 5j0n, {args.n_particles} particles, "
-              f"{args.size} px at {pixel_size:.3f} Å/px, net on {args.net_size} px"
-              + (", CTF + shifts" if args.ctf_shifts else "")
-              + (" [SMOKE RUN: numbers meaningless]" if args.smoke else ""))
+    header = setting_header("distance learning", args, pixel_size)
     table, bins = build_tables(results, args)
     meta = results[0][1].get("meta")
     notes = [

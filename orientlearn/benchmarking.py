@@ -197,6 +197,33 @@ def support_radius(vol, rel=1e-2):
     return float(np.sqrt((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2).max())
 
 
+def log(message):
+    """A benchmark's progress line, on standard error (the report goes to standard output)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_noise_settings(args, run_setting):
+    """The paper's map in an ``args.size`` box (``args.map``), then
+    ``run_setting(args, sigma2, true_map, pixel_size, log)`` for each of ``args.sigma2``.
+    Returns ``(results, pixel_size)``, ``results`` a list of ``(sigma2, result)``."""
+    true_map, pixel_size = volume_at_size(args.size, args.map)
+    log(f"map {args.map}: box {args.size}, {pixel_size:.3f} A/px; net on {args.net_size} px")
+    results = []
+    for sigma2 in args.sigma2:
+        log(f"setting sigma2={sigma2:g}")
+        results.append((sigma2, run_setting(args, sigma2, true_map, pixel_size, log)))
+    return results, pixel_size
+
+
+def setting_header(title, args, pixel_size):
+    """The first line of a report on the paper's setting: ``## orientlearn <title>: 5j0n,
+    <n> particles, <size> px at <pixel> Å/px (net on <net> px)`` [, CTF + shifts] [SMOKE]."""
+    return (f"## orientlearn {title}: 5j0n, {args.n_particles} particles, "
+            f"{args.size} px at {pixel_size:.3f} Å/px (net on {args.net_size} px)"
+            + (", CTF + shifts" if args.ctf_shifts else "")
+            + (" [SMOKE RUN: numbers meaningless]" if args.smoke else ""))
+
+
 def simulate_like_paper(args, sigma2, true_map, pixel_size, with_clean=False):
     """The particles of ``benchmarks/paper.py``: the same ``simulate_particles`` call
     (``args.n_particles``, ``args.seed``, noise ``sigma2`` (0: none), CTF and shifts up to

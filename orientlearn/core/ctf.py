@@ -8,11 +8,8 @@ CTF sign convention (Relion's, "particles are white"): ``CTF(k) = sin(chi(k))`` 
 ``CTF(0) = A`` (the amplitude contrast, > 0) and the CTF is positive over its first lobe
 for an underfocused image (``df > 0``).
 
-Conventions are those of ``geometry.py``: a volume is ``vol[z, y, x]``, an image
-``img[y, x]`` (x = column, y = row), the centre of a box of ``N`` samples is at index
-``N // 2``, and an orientation ``R`` (3x3 matrix or quaternion ``(w, x, y, z)``) gives
-the image ``p(x, y) = integral V(R^T (x, y, z)) dz``. Lengths are in pixels (= voxels)
-unless a name says Angstrom (``_A``); angles are radians.
+Conventions (indexing ``vol[z, y, x]`` / ``img[y, x]``, box centre ``N // 2``,
+orientations, units) are those of ``geometry.py``.
 """
 import functools
 

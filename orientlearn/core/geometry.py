@@ -17,6 +17,7 @@ Conventions (used everywhere in orientlearn):
   same image.
 * Euler angles ``(rot, tilt, psi)`` follow Relion and Xmipp (ZYZ); the matrix they give,
   ``euler_to_matrix``, is our ``R``. Angles are radians.
+* Lengths are in pixels (= voxels) unless a name says Angstrom (``_A``).
 * Scipion's ``ALIGN_PROJ`` transform of a particle is the 4x4 matrix
   ``inv([[R, t], [0, 1]])`` where ``t = (tx, ty, 0)`` is the offset, in pixels, of the
   particle's centre from the box centre (what Scipion's Relion and Xmipp converters read).

@@ -4,11 +4,8 @@
 ``prepare_volume``), ``project_astra`` (GPU, ASTRA), ``real_space_project`` (slow
 reference for tests).
 
-Conventions are those of ``geometry.py``: a volume is ``vol[z, y, x]``, an image
-``img[y, x]`` (x = column, y = row), the centre of a box of ``N`` samples is at index
-``N // 2``, and an orientation ``R`` (3x3 matrix or quaternion ``(w, x, y, z)``) gives
-the image ``p(x, y) = integral V(R^T (x, y, z)) dz``. Lengths are in pixels (= voxels)
-unless a name says Angstrom (``_A``); angles are radians.
+Conventions (indexing ``vol[z, y, x]`` / ``img[y, x]``, box centre ``N // 2``,
+orientations, units) are those of ``geometry.py``.
 """
 import dataclasses
 
@@ -151,6 +148,25 @@ def _interp_trilinear(flat, m1, centre, X, Y, Z):
     return c0 + (c1 - c0) * fz
 
 
+def _central_slices(spec, R, kx, ky):
+    """Spectrum values ``(B, K)`` complex64 of ``spec`` (a ``VolumeSpectrum``) at
+    ``R^T (kx, ky, 0)`` for rotations ``R`` ``(B, 3, 3)`` float32 and frequencies ``kx``,
+    ``ky`` ``(K,)`` float32 in padded-spectrum index units: trilinear, averaged with the
+    half-sample-shifted spectrum when there is one (interleaving)."""
+    m1 = spec.spectrum.shape[0]
+    centre = np.float32(spec.padded_size // 2 + _WRAP)
+    # R^T (kx, ky, 0) = kx * row0(R) + ky * row1(R), components (x, y, z)
+    X = kx * R[:, 0, 0, None] + ky * R[:, 1, 0, None]
+    Y = kx * R[:, 0, 1, None] + ky * R[:, 1, 1, None]
+    Z = kx * R[:, 0, 2, None] + ky * R[:, 1, 2, None]
+    vals = _interp_trilinear(spec.spectrum.reshape(-1), m1, centre, X, Y, Z)
+    if spec.spectrum_half_shift is not None:
+        vals += _interp_trilinear(spec.spectrum_half_shift.reshape(-1), m1,
+                                  centre - np.float32(0.5), X, Y, Z)
+        vals *= np.float32(0.5)
+    return vals
+
+
 def project(volume, rotations, oversampling=2, batch_size=None, progress=None,
             image_padding=None, out=None, interleave=True):
     """Projections of a volume: ``img(x, y) = integral V(R^T (x, y, z)) dz``.
@@ -186,10 +202,6 @@ def project(volume, rotations, oversampling=2, batch_size=None, progress=None,
     scale = padded / grid                         # image frequency -> spectrum index units
     kx = (kx * scale).astype(np.float32)
     ky = (ky * scale).astype(np.float32)
-    m1 = spec.spectrum.shape[0]
-    centre = np.float32(padded // 2 + _WRAP)
-    flat = spec.spectrum.reshape(-1)
-    flat_shift = None if spec.spectrum_half_shift is None else spec.spectrum_half_shift.reshape(-1)
     total = len(R)
     if batch_size is None:
         batch_size = max(1, (1 << 20) // max(1, kx.size))
@@ -200,15 +212,7 @@ def project(volume, rotations, oversampling=2, batch_size=None, progress=None,
     for b0 in range(0, total, batch_size):
         Rb = R[b0:b0 + batch_size]
         nb = len(Rb)
-        # R^T (kx, ky, 0) = kx * row0(R) + ky * row1(R), components (x, y, z)
-        X = kx * Rb[:, 0, 0, None] + ky * Rb[:, 1, 0, None]
-        Y = kx * Rb[:, 0, 1, None] + ky * Rb[:, 1, 1, None]
-        Z = kx * Rb[:, 0, 2, None] + ky * Rb[:, 1, 2, None]
-        vals = _interp_trilinear(flat, m1, centre, X, Y, Z)
-        if flat_shift is not None:
-            vals += _interp_trilinear(flat_shift, m1, centre - np.float32(0.5), X, Y, Z)
-            vals *= np.float32(0.5)
-        del X, Y, Z
+        vals = _central_slices(spec, Rb, kx, ky)
         h = half[:nb]
         h.reshape(nb, -1)[:, flat_idx] = vals
         imgs = sfft.irfft2(h, s=(grid, grid), workers=-1)
@@ -233,22 +237,9 @@ def slice_spectra(spectrum, rotations, kx, ky, chunk=32):
     scale = np.float32(spectrum.padded_size / spectrum.size)
     kx = np.asarray(kx, np.float32) * scale
     ky = np.asarray(ky, np.float32) * scale
-    m1 = spectrum.spectrum.shape[0]
-    centre = np.float32(spectrum.padded_size // 2 + _WRAP)
-    flat = spectrum.spectrum.reshape(-1)
-    flat_half = (None if spectrum.spectrum_half_shift is None
-                 else spectrum.spectrum_half_shift.reshape(-1))
     out = np.empty((len(R), len(kx)), dtype=np.complex64)
     for c0 in range(0, len(R), chunk):
-        Rc = R[c0:c0 + chunk]
-        X = kx * Rc[:, 0, 0, None] + ky * Rc[:, 1, 0, None]
-        Y = kx * Rc[:, 0, 1, None] + ky * Rc[:, 1, 1, None]
-        Z = kx * Rc[:, 0, 2, None] + ky * Rc[:, 1, 2, None]
-        vals = _interp_trilinear(flat, m1, centre, X, Y, Z)
-        if flat_half is not None:
-            vals += _interp_trilinear(flat_half, m1, centre - np.float32(0.5), X, Y, Z)
-            vals *= np.float32(0.5)
-        out[c0:c0 + chunk] = vals
+        out[c0:c0 + chunk] = _central_slices(spectrum, R[c0:c0 + chunk], kx, ky)
     return out
 
 
