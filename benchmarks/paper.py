@@ -41,8 +41,21 @@ from orientlearn.benchmarking import (
     write_report,
 )
 from orientlearn.core import (
-    alignment, alignment_search, centering, ctf, fsc, geometry, image_ops, model_io, network,
-    pipeline, reconstruction, refinement, simulation, training)
+    alignment,
+    alignment_search,
+    centering,
+    ctf,
+    fsc,
+    geometry,
+    image_ops,
+    model_io,
+    network,
+    pipeline,
+    reconstruction,
+    refinement,
+    simulation,
+    training,
+)
 from orientlearn.core.model import DistanceModel
 from orientlearn.core.source import ArraySource
 
@@ -343,7 +356,8 @@ def build_table(results, paper):
         row("time reconstruct + FSC (s)", lambda r: fmt(r["times"]["reconstruct"], ".1f")),
         row("time total (s)", lambda r: fmt(r["times"]["total"], ".1f")),
         row("peak RSS after training / recovery / all (MB)",
-            lambda r: f"{r['rss_train']:.0f} / {r['rss_recover']:.0f} / {r['rss_reconstruct']:.0f}"),
+            lambda r: (f"{r['rss_train']:.0f} / {r['rss_recover']:.0f} / "
+                       f"{r['rss_reconstruct']:.0f}")),
     ]
     return "\n".join(lines)
 

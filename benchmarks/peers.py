@@ -59,13 +59,29 @@ import time
 import numpy as np
 
 from orientlearn.benchmarking import (
-    MAP_PATH, BenchmarkRun, downsampled_noise_factor, peak_rss_mb, simulate_like_paper,
-    split_sizes, volume_at_size, write_report)
+    MAP_PATH,
+    BenchmarkRun,
+    downsampled_noise_factor,
+    peak_rss_mb,
+    simulate_like_paper,
+    split_sizes,
+    volume_at_size,
+    write_report,
+)
 from orientlearn.core import alignment, geometry, pipeline
-from orientlearn.core.source import ArraySource
 from orientlearn.core.peer_aspire import (
-    ASPIRE_PYTHON_VAR, DEFAULT_CONVENTION, DEFAULT_VENV, AspireUnavailable, choose_convention,
-    convention_name, convert, ensure_aspire_venv, has_aspire, run_aspire)
+    ASPIRE_PYTHON_VAR,
+    DEFAULT_CONVENTION,
+    DEFAULT_VENV,
+    AspireUnavailable,
+    choose_convention,
+    convention_name,
+    convert,
+    ensure_aspire_venv,
+    has_aspire,
+    run_aspire,
+)
+from orientlearn.core.source import ArraySource
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -35,7 +35,13 @@ import time
 import numpy as np
 
 from orientlearn.benchmarking import (
-    MAP_PATH, REPO, BenchmarkRun, current_rss_mb, peak_rss_mb, write_report)
+    MAP_PATH,
+    REPO,
+    BenchmarkRun,
+    current_rss_mb,
+    peak_rss_mb,
+    write_report,
+)
 from orientlearn.core import alignment, geometry, graph, recovery
 
 CHILD_FLAG = "--child-size"

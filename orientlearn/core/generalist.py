@@ -95,7 +95,8 @@ def _particles(volume, pixel_size, diameter_A, config, rng, name):
     box = volume.shape[0]
     sim = simulation.simulate_particles(
         volume, int(config.particles_per_protein), max_shift=config.max_shift_fraction * box,
-        ctf=None if config.defocus_range is None else dict(defocus_range=tuple(config.defocus_range)),
+        ctf=(None if config.defocus_range is None
+             else dict(defocus_range=tuple(config.defocus_range))),
         voxel_size=pixel_size,
         seed=int(rng.integers(2 ** 31)), return_clean=False)
     images = sim["images"]
@@ -230,7 +231,8 @@ def orient_particles(model, metadata, images, pixel_size, diameter_A, ctf=None, 
     if ctf is not None and config.get("phase_flip", False):
         images = phase_flip(images, pixel_size, ctf)
     scaler = ParticleScaler(float(diameter_A), float(pixel_size), images.shape[-1],
-                            int(metadata["image_size"]), fill=float(metadata.get("fill", DEFAULT_FILL)))
+                            int(metadata["image_size"]),
+                            fill=float(metadata.get("fill", DEFAULT_FILL)))
     x = scaler(images)
     # On the network's grid now: the recover protocol's pipeline calls from here.
     bound = DistanceModel(model, metadata)

@@ -130,8 +130,9 @@ class DistanceModel:
     def features(self, images):
         """Unit features ``(B, F)`` float32 of images ``(B, S, S)`` already on the model's
         grid (standardised per image by ``network.preprocess_images``)."""
-        from .network import preprocess_images
         import tensorflow as tf
+
+        from .network import preprocess_images
         if len(images) == 0:
             return np.zeros((0, self.n_features), np.float32)
         x = preprocess_images(images)

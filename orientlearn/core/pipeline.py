@@ -216,9 +216,9 @@ def train_model(sources, image_size=TRAINING_IMAGE_SIZE, symmetry="C1", seed=0,
     ``training.train_distance_model`` (defaults ``TRAINING_DEFAULTS``). Returns
     ``(model, history)``; the model's metadata holds its grid, head and training summary.
     """
-    from .training import train_distance_model
     from .image_ops import downsample
     from .model import DistanceModel
+    from .training import train_distance_model
     sources = [sources] if hasattr(sources, "images") else list(sources)
     kw = dict(TRAINING_DEFAULTS)
     kw.update(options)

@@ -95,7 +95,8 @@ class FourierAccumulator:
     Memory: one float32 grid ``(L + 1)^2 (L / 2 + 1) x 3`` per thread (100 MB at N = 128).
     ``image_size`` N px; ``symmetry`` point group (each image inserted once per element
     ``S`` with orientation ``R S``); ``n_threads`` None: ``threads.thread_count`` (the usable
-    cores, at most ``MAX_DEFAULT_THREADS``) (the result does not depend on it, up to float rounding);
+    cores, at most ``MAX_DEFAULT_THREADS``; the result does not depend on it, up to float
+    rounding);
     ``batch_size`` images transformed together inside ``insert``; ``fft_workers`` threads
     of ``scipy.fft``.
     """
@@ -285,8 +286,8 @@ def reconstruct_fourier(images, rotations, shifts=None, ctfs=None, symmetry="C1"
             at N = 116; small batches keep the work arrays in cache).
         n_threads: threads inserting batches, each holding its own Fourier grid
             (``L^3 / 2 * 12`` bytes, 75 MB at N = 116); None: ``threads.thread_count``
-            (limit, environment or usable cores), at most ``MAX_DEFAULT_THREADS``. The result does not depend on it (up to
-            float rounding).
+            (``OMP_NUM_THREADS`` or the usable cores), at most ``MAX_DEFAULT_THREADS``.
+            The result does not depend on it (up to float rounding).
         fft_workers: threads for ``scipy.fft`` (None: scipy's default).
         progress: optional callable ``progress(done, total)`` in images, called from
             the worker threads under a lock. A callable ``ctfs`` must be thread-safe.
@@ -409,7 +410,7 @@ def reconstruct_astra(images, rotations, shifts=None, symmetry="C1", iterations=
         raise RuntimeError("reconstruct_astra needs ASTRA with a CUDA GPU; use "
                            "reconstruct_fourier on the CPU.")
     images = np.asarray(images, dtype=np.float32)
-    n_images, n = images.shape[0], images.shape[1]
+    n = images.shape[1]
     rotations = geometry.as_rotation_matrices(rotations)
     sym = geometry.quaternion_to_matrix(geometry.symmetry_group(symmetry))
     all_rot = np.einsum("mij,gjk->gmik", rotations, sym).reshape(-1, 3, 3)

@@ -4,11 +4,10 @@ import os
 import zipfile
 
 import numpy as np
-
 import pyworkflow.protocol.params as params
-from pyworkflow.constants import PROD
 from pwem.objects import SetOfParticles
 from pwem.protocols import ProtInitialVolume
+from pyworkflow.constants import PROD
 
 from .. import convert
 from ..constants import RECOVERY_LOSSES

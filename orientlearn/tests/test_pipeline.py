@@ -3,8 +3,17 @@ CLI, demo and benchmarks share. Core only: no Scipion import."""
 import numpy as np
 import pytest
 
-from orientlearn.core import (alignment, ctf, fsc, geometry, image_ops, network, pipeline,
-                              reconstruction, simulation)
+from orientlearn.core import (
+    alignment,
+    ctf,
+    fsc,
+    geometry,
+    image_ops,
+    network,
+    pipeline,
+    reconstruction,
+    simulation,
+)
 from orientlearn.core.source import ArraySource, MrcSource, StackWriter
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 

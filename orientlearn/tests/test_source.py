@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from orientlearn.core import geometry
-from orientlearn.core.source import (ArraySource, MrcSource, StackWriter, read_star,
-                                     write_star)
+from orientlearn.core.source import ArraySource, MrcSource, StackWriter, read_star, write_star
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 
 load_tests = pytest_load_tests(__name__)   # scipion3 tests orientlearn.tests.test_source

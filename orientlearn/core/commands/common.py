@@ -25,6 +25,24 @@ def add_overwrite(parser):
                         help="replace output files that already exist")
 
 
+def add_run_options(parser, seed="random seed"):
+    """``--seed`` (``seed``: what it seeds; None: no seed), ``--threads``, ``--overwrite``."""
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help=f"{seed} (default 0)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: the usable cores, at most OMP_NUM_THREADS)")
+    add_overwrite(parser)
+
+
+def add_model_io(parser, out_help, no_transforms_help):
+    """The particles, ``-m/--model``, ``-o/--out`` and ``--no-transforms`` of the commands
+    that run a trained network over particles."""
+    add_particles(parser)
+    parser.add_argument("-m", "--model", required=True, help="trained model (.keras)")
+    parser.add_argument("-o", "--out", required=True, help=out_help)
+    parser.add_argument("--no-transforms", action="store_true", help=no_transforms_help)
+
+
 def add_particles(parser, help_text="particles: a RELION STAR file (.star) or an MRC stack"):
     parser.add_argument("particles", help=help_text)
     parser.add_argument("--datadir", default=None,

@@ -12,7 +12,7 @@ log = logging.getLogger("orientlearn")
 
 
 def add_args(parser):
-    from .common import add_overwrite
+    from .common import add_run_options
     parser.add_argument("particles", help="STAR file with the orientations to evaluate")
     parser.add_argument("reference", help="STAR file with the reference orientations")
     parser.add_argument("--symmetry", default="C1", help="point group (default C1)")
@@ -22,13 +22,12 @@ def add_args(parser):
     parser.add_argument("--reference-map", default=None, help="the reference map")
     parser.add_argument("--datadir", default=None,
                         help="folder the STAR files' image names are relative to")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (default: the usable cores)")
-    add_overwrite(parser)
+    add_run_options(parser, seed=None)
 
 
 def main(args):
     import numpy as np
+
     from .. import fsc, volumes
     from ..alignment import compare_orientations
     from ..source import read_star, write_star

@@ -10,21 +10,16 @@ log = logging.getLogger("orientlearn")
 
 
 def add_args(parser):
-    from .common import add_overwrite, add_particles
-    add_particles(parser)
-    parser.add_argument("-m", "--model", required=True, help="trained model (.keras)")
-    parser.add_argument("-o", "--out", required=True, help="output features (.npy)")
-    parser.add_argument("--no-transforms", action="store_true",
-                        help="identity only (the paper's setting)")
+    from .common import add_model_io, add_run_options
+    add_model_io(parser, "output features (.npy)", "identity only (the paper's setting)")
     parser.add_argument("--batch-size", type=int, default=128,
                         help="particles per batch (default 128)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (default: the usable cores)")
-    add_overwrite(parser)
+    add_run_options(parser, seed=None)
 
 
 def main(args):
     import numpy as np
+
     from ..model import DistanceModel
     from ..pipeline import detector_transforms, embed_particles
     from .common import check_output, progress, read_particles, set_threads

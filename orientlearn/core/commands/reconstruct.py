@@ -14,7 +14,7 @@ log = logging.getLogger("orientlearn")
 
 def add_args(parser):
     from ..pipeline import RECONSTRUCTION_DEFAULTS as D
-    from .common import add_overwrite, add_particles
+    from .common import add_particles, add_run_options
     add_particles(parser, "particles with orientations: a RELION STAR file")
     parser.add_argument("-o", "--out", required=True, help="output map (.mrc)")
     parser.add_argument("--symmetry", default=D["symmetry"],
@@ -26,13 +26,9 @@ def add_args(parser):
                         help="soft spherical mask radius in px (default: none)")
     parser.add_argument("--reference", default=None,
                         help="a map in the particles' frame: FSC against it (both hands)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the half split (default 0)")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="particles read per batch (default 256)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (default: the usable cores)")
-    add_overwrite(parser)
+    add_run_options(parser, seed="seed of the half split")
 
 
 def _write_map(path, volume, pixel_size):
@@ -45,6 +41,7 @@ def _write_map(path, volume, pixel_size):
 
 def main(args):
     import numpy as np
+
     from .. import fsc, volumes
     from ..pipeline import reconstruct_halves
     from .common import check_output, progress, read_particles, set_threads

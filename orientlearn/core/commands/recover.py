@@ -16,17 +16,15 @@ log = logging.getLogger("orientlearn")
 
 def add_args(parser):
     from ..pipeline import RECOVERY_DEFAULTS as D
-    from .common import add_overwrite, add_particles
-    add_particles(parser)
-    parser.add_argument("-m", "--model", required=True, help="trained model (.keras)")
-    parser.add_argument("-o", "--out", required=True, help="output STAR file")
-    parser.add_argument("--no-transforms", action="store_true",
-                        help="identity edges only (the paper's setting, up to O(4))")
+    from ..recovery import RECOVERY_LOSSES
+    from .common import add_model_io, add_run_options
+    add_model_io(parser, "output STAR file",
+                 "identity edges only (the paper's setting, up to O(4))")
     parser.add_argument("--neighbors", type=int, default=D["n_neighbors"],
                         help=f"neighbours per particle (default {D['n_neighbors']})")
     parser.add_argument("--random", type=int, default=D["n_random"],
                         help=f"random pairs per particle (default {D['n_random']})")
-    parser.add_argument("--loss", choices=("cauchy", "huber", "l2"), default=D["loss"],
+    parser.add_argument("--loss", choices=RECOVERY_LOSSES, default=D["loss"],
                         help=f"default {D['loss']}")
     parser.add_argument("--loss-scale", type=float, default=D["loss_scale"],
                         help=f"radians (default {D['loss_scale']})")
@@ -38,14 +36,12 @@ def add_args(parser):
                         help="particles embedded per batch (default 128)")
     parser.add_argument("--features", default=None,
                         help="also save the features (K, N, F) to this .npy file")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (default: the usable cores)")
-    add_overwrite(parser)
+    add_run_options(parser)
 
 
 def main(args):
     import numpy as np
+
     from ..model import DistanceModel
     from ..pipeline import recover_particles
     from ..source import write_star

@@ -12,7 +12,7 @@ log = logging.getLogger("orientlearn")
 
 
 def add_args(parser):
-    from .common import add_overwrite
+    from .common import add_run_options
     parser.add_argument("volume", help="density map (MRC), padded to an even cube")
     parser.add_argument("-o", "--out", required=True,
                         help="output STAR file; the stack is written beside it (.mrcs)")
@@ -43,10 +43,7 @@ def add_args(parser):
                         help="projector zero-padding factor (default 2)")
     parser.add_argument("--chunk-size", type=int, default=2048,
                         help="particles simulated at a time (default 2048)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (default: the usable cores)")
-    add_overwrite(parser)
+    add_run_options(parser)
 
 
 def main(args):

@@ -13,8 +13,10 @@ log = logging.getLogger("orientlearn")
 
 
 def add_args(parser):
-    from ..pipeline import TRAINING_DEFAULTS as D, TRAINING_IMAGE_SIZE
-    from .common import add_overwrite
+    from ..network import ARCHITECTURES, DISTANCE_HEADS, PAIR_LOSSES
+    from ..pipeline import TRAINING_DEFAULTS as D
+    from ..pipeline import TRAINING_IMAGE_SIZE
+    from .common import add_run_options
     parser.add_argument("particles", nargs="+",
                         help="training sets: STAR files (or MRC stacks with --orientations)")
     parser.add_argument("-o", "--out", required=True, help="output model (.keras)")
@@ -26,9 +28,9 @@ def add_args(parser):
                         help=f"box of the network's images in px (default {TRAINING_IMAGE_SIZE})")
     parser.add_argument("--symmetry", default="C1",
                         help="true distances are the minimum over this point group")
-    parser.add_argument("--architecture", choices=("resnet", "paper"), default=D["architecture"],
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default=D["architecture"],
                         help=f"default {D['architecture']}")
-    parser.add_argument("--head", choices=("rotation", "angle"), default=D["head"],
+    parser.add_argument("--head", choices=DISTANCE_HEADS, default=D["head"],
                         help=f"feature cosine -> distance (default {D['head']})")
     parser.add_argument("--features", type=int, default=D["n_features"],
                         help=f"embedding length (default {D['n_features']})")
@@ -38,7 +40,7 @@ def add_args(parser):
                         help=f"default {D['batch_size']}")
     parser.add_argument("--lr", type=float, default=D["learning_rate"],
                         help=f"Adam learning rate (default {D['learning_rate']})")
-    parser.add_argument("--loss", choices=("mse", "mae"), default=D["loss"],
+    parser.add_argument("--loss", choices=PAIR_LOSSES, default=D["loss"],
                         help=f"default {D['loss']}")
     parser.add_argument("--validation-fraction", type=float, default=D["validation_fraction"],
                         help=f"particles held out (default {D['validation_fraction']})")
@@ -55,14 +57,12 @@ def add_args(parser):
                         help="random integer shifts up to this many px (default 0)")
     parser.add_argument("--checkpoint-dir", default=None,
                         help="save after each epoch here; resumes from it if present")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (default: the usable cores)")
-    add_overwrite(parser)
+    add_run_options(parser)
 
 
 def main(args):
     import numpy as np
+
     from ..pipeline import train_model
     from ..source import read_star
     from .common import check_output, set_threads
