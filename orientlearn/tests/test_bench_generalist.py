@@ -4,6 +4,9 @@ import json
 import pytest
 
 from orientlearn.benchmarking import run_benchmark_script
+from orientlearn.tests.unittest_bridge import pytest_load_tests
+
+load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 pytest.importorskip("MDAnalysisTests")
 
