@@ -36,8 +36,18 @@ import numpy as np  # noqa: E402
 
 from orientlearn.benchmarking import BenchmarkRun, write_report  # noqa: E402
 from orientlearn.core import (  # noqa: E402
-    abinitio, alignment, ctf, fsc, geometry, image_ops, model_io, reconstruction, simulation,
-    training, volumes)
+    abinitio,
+    alignment,
+    ctf,
+    fsc,
+    geometry,
+    image_ops,
+    model_io,
+    reconstruction,
+    simulation,
+    training,
+    volumes,
+)
 
 MAP_PATH = os.path.join(REPO, "orientlearn", "data", "5j0n.mrc")
 ROWS = [("recover alone", dict(refine=False, fine_tune=False)),

@@ -32,10 +32,19 @@ import time
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from orientlearn.benchmarking import (BenchmarkRun, support_radius, volume_at_size,
-                                      write_report)
-from orientlearn.core import (alignment, alignment_search, centering, ctf, fsc, geometry,
-                              pipeline, reconstruction, refinement, simulation)
+from orientlearn.benchmarking import BenchmarkRun, support_radius, volume_at_size, write_report
+from orientlearn.core import (
+    alignment,
+    alignment_search,
+    centering,
+    ctf,
+    fsc,
+    geometry,
+    pipeline,
+    reconstruction,
+    refinement,
+    simulation,
+)
 from orientlearn.core.source import ArraySource
 
 

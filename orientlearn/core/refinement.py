@@ -221,7 +221,6 @@ class LocalRefiner:
     def _search_batch(self, spectrum, indices, band, filt, step, shift_range, levels):
         """Coarse-to-fine search of particles ``indices`` (one half) against
         ``spectrum``: updates ``rotations``, ``shifts``, ``scores`` in place."""
-        s = self.settings
         x, ctf = self.particles.band_values(indices, band)
         xw = band.weight * np.conj(x) * ctf                                # (B, K)
         R = self.rotations[indices]

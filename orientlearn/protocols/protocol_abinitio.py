@@ -4,12 +4,11 @@ import os
 import zipfile
 
 import numpy as np
-
 import pyworkflow.protocol.params as params
-from pyworkflow.constants import BETA
-from pyworkflow.object import String
 from pwem.objects import FSC, SetOfFSCs, SetOfParticles, Volume
 from pwem.protocols import ProtInitialVolume
+from pyworkflow.constants import BETA
+from pyworkflow.object import String
 
 from .. import convert
 from ..constants import GENERALIST_MODEL

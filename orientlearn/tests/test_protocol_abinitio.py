@@ -10,14 +10,17 @@ import os
 import mrcfile
 import numpy as np
 import pytest
-from pyworkflow.tests import BaseTest, setupTestProject
 from pwem.protocols import ProtImportVolumes
+from pyworkflow.tests import BaseTest, setupTestProject
 
 import orientlearn
 from orientlearn import convert
-from orientlearn.protocols import (OrientLearnProtAbInitio, OrientLearnProtSimulate,
-                                   OrientLearnProtTrain)
-from orientlearn.protocols.protocol_abinitio import HAND_ATTR, HALF_ATTR, HISTORY_FILE
+from orientlearn.protocols import (
+    OrientLearnProtAbInitio,
+    OrientLearnProtSimulate,
+    OrientLearnProtTrain,
+)
+from orientlearn.protocols.protocol_abinitio import HALF_ATTR, HAND_ATTR, HISTORY_FILE
 
 
 @pytest.mark.slow
