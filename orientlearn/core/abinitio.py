@@ -44,7 +44,7 @@ import numpy as np
 
 from . import alignment, geometry, image_ops, network, recovery
 from .graph import image_transforms
-from .refinement import LocalRefiner, RefinementSettings
+from .refinement import HalfMapResult, LocalRefiner, RefinementSettings
 from .scale import DEFAULT_FILL, ParticleScaler
 from .simulation import simulate_particles
 
@@ -99,29 +99,16 @@ class AbInitioSettings:
 
 
 @dataclasses.dataclass
-class AbInitioResult:
-    """``quaternions (M, 4)``, ``shifts (M, 2)`` px for every particle; ``halves (M,)``
-    0/1; ``volume``, ``half_maps (2, N, N, N)``; ``frequencies`` (1/A), ``fsc``;
-    ``resolution`` (FSC 0.143, A), ``resolution_05``; ``history``: one record per stage
-    (dicts, JSON-able); ``iteration_volumes``: the subset's map after each iteration;
+class AbInitioResult(HalfMapResult):
+    """What ab initio returns (``HalfMapResult``; ``history``: one JSON-able record per
+    stage) and ``iteration_volumes``: the subset's map after each iteration;
     ``best_iteration``; ``subset`` (indices); ``sigma2``: the estimated noise level;
-    ``model``: the (possibly fine-tuned) Keras model; ``seconds``."""
-    quaternions: np.ndarray
-    shifts: np.ndarray
-    halves: np.ndarray
-    volume: np.ndarray
-    half_maps: np.ndarray
-    frequencies: np.ndarray
-    fsc: np.ndarray
-    resolution: float
-    resolution_05: float
-    history: list
+    ``model``: the (possibly fine-tuned) Keras model."""
     iteration_volumes: list
     best_iteration: int
     subset: np.ndarray
     sigma2: float
     model: object
-    seconds: float
 
 
 @dataclasses.dataclass

@@ -81,17 +81,15 @@ class RefinementSettings:
 
 
 @dataclasses.dataclass
-class RefinementResult:
-    """What a refinement returns. ``quaternions (M, 4)``, ``shifts (M, 2)`` px (offsets of
-    the particles' centres, ``geometry.py`` convention); ``scores (M,)``: normalised
-    cross-correlation of each particle with its final model projection over the final
-    band (higher is better); ``halves (M,)`` 0/1; ``volume``, ``half_maps`` ``(2, N, N,
-    N)``; ``frequencies``, ``fsc``: the final half-map FSC (1/A); ``resolution``: FSC =
-    0.143 (A), ``resolution_05``: FSC = 0.5; ``history``: one dict per iteration;
-    ``seconds``: wall time."""
+class HalfMapResult:
+    """Orientations and offsets of every particle and the gold-standard maps they give:
+    ``quaternions (M, 4)``, ``shifts (M, 2)`` px (offsets of the particles' centres,
+    ``geometry.py`` convention); ``halves (M,)`` 0/1; ``volume``, ``half_maps`` ``(2, N,
+    N, N)``; ``frequencies``, ``fsc``: the final half-map FSC (1/A); ``resolution``: FSC =
+    0.143 (A), ``resolution_05``: FSC = 0.5; ``history``: one dict per iteration or
+    stage; ``seconds``: wall time."""
     quaternions: np.ndarray
     shifts: np.ndarray
-    scores: np.ndarray
     halves: np.ndarray
     volume: np.ndarray
     half_maps: np.ndarray
@@ -101,6 +99,14 @@ class RefinementResult:
     resolution_05: float
     history: list
     seconds: float
+
+
+@dataclasses.dataclass
+class RefinementResult(HalfMapResult):
+    """What a refinement returns (``HalfMapResult``) and ``scores (M,)``: normalised
+    cross-correlation of each particle with its final model projection over the final
+    band (higher is better)."""
+    scores: np.ndarray
 
 
 def figure_of_merit(fsc_values):
