@@ -40,22 +40,12 @@ from orientlearn.benchmarking import (
     BenchmarkRun,
     current_rss_mb,
     peak_rss_mb,
+    quaternion_features,
     write_report,
 )
 from orientlearn.core import alignment, geometry, graph, recovery
 
 CHILD_FLAG = "--child-size"
-
-
-def quaternion_features(q, transforms, dtype=np.float32):
-    """Features ``(K, N, 16)`` whose angles are a monotone function of d_q (as in
-    ``tests/test_recovery.py``): ``Q0 = q q^T - I/4`` of ``g_k q``, unit norm."""
-    out = np.empty((len(transforms), len(q), 16), dtype)
-    for k, g in enumerate(transforms):
-        gq = geometry.multiply(g, q)
-        Q0 = np.einsum("na,nb->nab", gq, gq) - np.eye(4) / 4
-        out[k] = Q0.reshape(len(q), 16) / np.sqrt(0.75)
-    return out
 
 
 def neighbour_recall(features, edges, n_queries, seed=0, block=8):
@@ -83,7 +73,7 @@ def run_size(P, args):
     log = lambda msg: print(f"[P={P}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     transforms, _ = graph.image_transforms()
     q_true = geometry.uniform_quaternions(P, seed=args.seed)
-    features = quaternion_features(q_true, transforms)
+    features = quaternion_features(q_true, transforms, np.float32)
     rss_start = current_rss_mb()
     log(f"features {features.shape}; building the graph")
     t0 = time.perf_counter()

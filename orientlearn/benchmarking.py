@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from .core import image_ops, model_io, simulation, volumes
+from .core import geometry, image_ops, model_io, simulation, volumes
 from .core.threads import usable_cores
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -241,6 +241,21 @@ def simulate_like_paper(args, sigma2, true_map, pixel_size, with_clean=False):
         return image_ops.downsample(x, args.net_size) if args.net_size != x.shape[-1] else x
     clean = None if sim["clean"] is None else to_net(sim["clean"])
     return to_net(sim["images"]), sim["quaternions"], clean, sim
+
+
+def quaternion_features(q, transforms, dtype=np.float64):
+    """Synthetic per-transform features ``(K, N, 16)`` of orientations ``q`` ``(N, 4)``
+    under the image-side transforms ``transforms`` ``(K, 4)``, whose angles are a monotone
+    function of d_q: ``Q0 = (g q)(g q)^T - I/4`` (sign-free, unit norm after scaling). The
+    angle ``a`` between the features of ``q1`` and ``q2`` obeys ``cos a = (1 + 2 cos d_q)
+    / 3``: ``network.angle_to_distance(a, "rotation")`` gives d_q exactly. What the
+    recovery benchmark and tests use in place of a network's embedding."""
+    out = np.empty((len(transforms), len(q), 16), dtype)
+    for k, g in enumerate(transforms):
+        gq = geometry.multiply(g, q)
+        Q0 = np.einsum("na,nb->nab", gq, gq) - np.eye(4) / 4
+        out[k] = Q0.reshape(len(q), 16) / np.sqrt(0.75)
+    return out
 
 
 # ------------------------------------------------------------------ running the scripts

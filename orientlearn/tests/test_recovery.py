@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from orientlearn.benchmarking import quaternion_features
 from orientlearn.core import alignment, graph, recovery, spectral
 from orientlearn.core import geometry as geo
 from orientlearn.tests.unittest_bridge import pytest_load_tests
@@ -9,21 +10,6 @@ from orientlearn.tests.unittest_bridge import pytest_load_tests
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 N_PARTICLES = 600
-
-
-def quaternion_features(q, transforms):
-    """Features ``(K, N, 16)`` whose angles are a monotone function of d_q.
-
-    ``Q0 = q q^T - I/4`` (sign-free, unit norm after scaling): the angle ``a`` between the
-    features of ``q1`` and ``q2`` obeys ``cos a = (1 + 2 cos d_q) / 3`` — a plateauing
-    "learned" distance, exact after ``feature_angle_to_distance``.
-    """
-    out = []
-    for g in transforms:
-        gq = geo.multiply(g, q)
-        Q0 = np.einsum("na,nb->nab", gq, gq) - np.eye(4) / 4
-        out.append(Q0.reshape(len(q), 16) / np.sqrt(0.75))
-    return np.array(out)
 
 
 def feature_angle_to_distance(a):
