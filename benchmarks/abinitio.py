@@ -181,7 +181,8 @@ def main(argv=None):
                                  mask_radius), res, seconds))
         log(f"{name}: {rows[-1][1]}, half-map FSC0.143 {res.resolution:.1f} A, {seconds:.0f} s")
 
-    lines = [f"### ab initio ablation: 5j0n, {args.n} particles at {args.size} px "
+    smoke = "[SMOKE RUN: tiny settings, the numbers mean nothing] " if args.smoke else ""
+    lines = [f"### {smoke}ab initio ablation: 5j0n, {args.n} particles at {args.size} px "
              f"({px:.2f} A/px; noise sigma^2 {args.sigma2:g}, CTF 1-3 um and offsets <= "
              f"{args.max_shift:g} px at {args.box} px, then downsampled, as "
              "benchmarks/paper.py)", "",

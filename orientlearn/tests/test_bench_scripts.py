@@ -1,8 +1,11 @@
 """The simulation and distance-learning benchmark scripts must keep running:
 ``benchmarks/simulate.py --smoke`` and ``benchmarks/train.py --smoke`` (training and
-saving a model, then evaluating that model with ``--model``)."""
+saving a model, then evaluating that model with ``--model``), ``benchmarks/abinitio.py
+--smoke`` (slow)."""
 import math
 import re
+
+import pytest
 
 from orientlearn.benchmarking import run_benchmark_script
 from orientlearn.tests.unittest_bridge import pytest_load_tests
@@ -99,3 +102,19 @@ def test_train_benchmark_smoke_trains_then_evaluates_the_saved_model(tmp_path):
     for label, value in maes.items():
         assert abs(maes2[label] - value) < 2e-3, label
     assert (tmp_path / "plots" / "train_density_sigma2_0_32px.png").exists()
+
+
+@pytest.mark.slow
+def test_abinitio_benchmark_smoke(tmp_path):
+    text = run_benchmark_script("abinitio.py", cwd=tmp_path, timeout=900)
+    check_footer(text, "abinitio.py")
+    rows = table_rows(text)
+    for label in ("true orientations and offsets", "recover alone", "+ refinement",
+                  "+ refinement + fine-tuning"):
+        assert label in rows, rows.keys()
+        assert all(math.isfinite(float(c)) for c in rows[label][:3]), rows[label]
+    truth = rows["true orientations and offsets"]
+    assert float(truth[0]) == 0.0
+    # A one-epoch model orients at random: its map is worse than the truth's.
+    assert float(truth[2]) < float(rows["recover alone"][2])
+    assert "SAME-PROTEIN CEILING, not ab initio" in text
