@@ -177,7 +177,7 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
         width = None      # the throughput network is a clone of the model's
         res["model"] = f"loaded `{args.model}` (not trained here)"
         res["meta"] = meta
-        args.head = meta.get("head", "angle")
+        args.head = meta.get("head", network.LEGACY_HEAD)
     else:
         arch, n_features, width = args.architecture, args.n_features, args.width
         model = None

@@ -258,7 +258,7 @@ class AbInitio:
         self.m, self.size = len(self.images), self.images.shape[-1]
         self.pixel_size = float(pixel_size)
         self.model, self.meta = model, dict(meta)
-        self.head = self.meta.get("head", "angle")
+        self.head = self.meta.get("head", network.LEGACY_HEAD)
         self.settings = settings
         self.ctf = ctf
         self.input_shifts = None if shifts is None else np.asarray(shifts, np.float64)

@@ -21,16 +21,16 @@ __all__ = ["DistanceModel"]
 class DistanceModel:
     """A Keras embedding network with its metadata.
 
-    ``metadata`` keys used here: ``head`` (default ``'angle'``: models saved before heads
-    existed), ``image_size`` (px) and ``pixel_size`` (A) of the training images (None
+    ``metadata`` keys used here: ``head`` (default ``network.LEGACY_HEAD``: models saved before
+    heads existed), ``image_size`` (px) and ``pixel_size`` (A) of the training images (None
     when unknown: ``prepare`` then only checks nothing and passes images through).
     """
 
     def __init__(self, keras_model, metadata=None, path=None):
-        from .network import DISTANCE_HEADS
+        from .network import DISTANCE_HEADS, LEGACY_HEAD
         self.keras_model = keras_model
         self.metadata = dict(metadata or {})
-        self.metadata.setdefault("head", "angle")
+        self.metadata.setdefault("head", LEGACY_HEAD)
         if self.head not in DISTANCE_HEADS:
             raise ValueError(f"Unknown distance head {self.head!r} in the model metadata; "
                              f"expected one of {DISTANCE_HEADS}.")

@@ -7,7 +7,7 @@ import zipfile
 
 import numpy as np
 
-from .network import _keras, _scale_norm_class
+from .network import LEGACY_HEAD, _keras, _scale_norm_class
 
 __all__ = [
     "save_distance_model", "load_distance_model", "train_validation_split",
@@ -90,7 +90,7 @@ def load_distance_model(path):
                 meta = json.load(fh)
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"Corrupt metadata file {meta_path}: {exc}") from exc
-    meta.setdefault("head", "angle")      # models saved before heads existed
+    meta.setdefault("head", LEGACY_HEAD)      # models saved before heads existed
     return model, meta
 
 

@@ -15,7 +15,7 @@ import numpy as np
 __all__ = [
     "build_embedding_network", "feature_distance", "feature_distance_tf", "preprocess_images",
     "embed", "estimate_distances", "distance_matrix", "ARCHITECTURES", "DISTANCE_HEADS",
-    "DEFAULT_HEAD", "PAIR_LOSSES",
+    "DEFAULT_HEAD", "LEGACY_HEAD", "PAIR_LOSSES",
     "cosine_to_distance", "angle_to_distance",
 ]
 
@@ -28,6 +28,8 @@ ARCHITECTURES = ("resnet", "paper")
 DISTANCE_HEADS = ("rotation", "angle")
 #: The product default head, everywhere a head is a parameter.
 DEFAULT_HEAD = "rotation"
+#: The head of models saved before their metadata recorded one (they all used it).
+LEGACY_HEAD = "angle"
 #: Losses of the training pairs (eq. 5): squared or absolute distance error.
 PAIR_LOSSES = ("mse", "mae")
 
