@@ -85,7 +85,7 @@ class AbInitioSettings:
     max_shift: float = 4.0
     refine: bool = True
     refine_iterations: int = 4
-    fine_tune: bool = True
+    fine_tune: bool = False
     fine_tune_particles: int = 2000
     fine_tune_epochs: int = 3
     fine_tune_learning_rate: float = 1e-4
