@@ -309,65 +309,9 @@ def read_volume_on_grid(volume_obj, size, pixel_size):
     """The map of a Scipion ``Volume`` resampled to ``pixel_size`` (A) and cropped or
     zero-padded to a ``size``-voxel cube: ``(size, size, size)`` float32 array.
 
-    See :func:`resample_volume_to_grid`: memory stays of the order of the output box,
+    See ``core.volumes.resample_to_grid``: memory stays of the order of the output box,
     whatever the ratio of the pixel sizes.
     """
     from .core import volumes
     vol, _ = volumes.read_volume(clean_path(volume_obj.getFileName()))
-    return resample_volume_to_grid(vol, volume_obj.getSamplingRate(), size, pixel_size)
-
-
-def resample_volume_to_grid(volume, voxel_size, size, pixel_size):
-    """A cubic map ``(N, N, N)`` at ``voxel_size`` (A) Fourier-resampled to ``pixel_size``
-    and cropped or zero-padded (about the centre ``N // 2``) to ``(size,) * 3`` float32.
-
-    The same numbers as resampling the whole map to ``M = round(N voxel_size /
-    pixel_size)`` voxels (``core.volumes.downsample_volume``) and cropping it to ``size``,
-    without ever holding the ``M^3`` map: resampling is linear along each axis, so each
-    axis is multiplied by the ``(size, N)`` rows of the resampling matrix that the output
-    box keeps. Memory is of the order of ``size * N^2`` (output and input boxes), whatever
-    the ratio of the pixel sizes.
-    """
-    vol = np.asarray(volume, dtype=np.float32)
-    if vol.ndim != 3 or len(set(vol.shape)) != 1:
-        raise ValueError(f"expected a cubic volume (N, N, N), got shape {vol.shape}")
-    n, size = vol.shape[0], int(size)
-    new = max(1, int(round(n * float(voxel_size) / float(pixel_size))))
-    weights = _resampling_rows(n, new, size)                 # (size, n)
-    for axis in range(3):
-        vol = np.moveaxis(np.tensordot(weights, vol, axes=([1], [axis])), 0, axis)
-    return np.ascontiguousarray(vol, dtype=np.float32)
-
-
-def _resampling_rows(n, new, size):
-    """``(size, n)`` float32 matrix ``W``: ``W @ x`` is ``x (n,)`` Fourier-resampled to
-    ``new`` samples (centre ``n // 2`` kept on ``new // 2``, values preserved, as
-    ``core.image_ops.downsample``) then cropped or zero-padded to ``size`` about the centre."""
-    import scipy.fft as sfft
-    import scipy.signal
-    if new == n:
-        full = np.eye(n)
-    else:
-        # Resampling is linear: apply it to the identity, column j = the image of e_j.
-        full = sfft.fftshift(scipy.signal.resample(sfft.ifftshift(np.eye(n), axes=0), new,
-                                                   axis=0), axes=0)
-    return _crop_or_pad_axis(full, size, 0).astype(np.float32)
-
-
-def _crop_or_pad_axis(arr, size, axis):
-    """Crop or zero-pad ``arr`` along ``axis`` to ``size``, keeping the centre
-    ``n // 2`` on ``size // 2`` (the convention of ``core.image_ops.crop_or_pad``)."""
-    n = arr.shape[axis]
-    if n == size:
-        return arr
-    shape = list(arr.shape)
-    shape[axis] = size
-    out = np.zeros(shape, dtype=arr.dtype)
-    keep = min(n, size)
-    src, dst = n // 2 - keep // 2, size // 2 - keep // 2
-    index_out = [slice(None)] * arr.ndim
-    index_in = [slice(None)] * arr.ndim
-    index_out[axis] = slice(dst, dst + keep)
-    index_in[axis] = slice(src, src + keep)
-    out[tuple(index_out)] = arr[tuple(index_in)]
-    return out
+    return volumes.resample_to_grid(vol, volume_obj.getSamplingRate(), size, pixel_size)

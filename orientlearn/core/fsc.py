@@ -28,6 +28,10 @@ def fsc(vol1, vol2, pixel_size=1.0):
     if vol1.shape != vol2.shape or vol1.ndim != 3 or len(set(vol1.shape)) != 1:
         raise ValueError(f"need two cubic volumes of the same shape, got {vol1.shape}, "
                          f"{vol2.shape}")
+    for k, vol in enumerate((vol1, vol2)):
+        if not np.all(np.isfinite(vol)):
+            raise ValueError(f"FSC: map {k + 1} has {int((~np.isfinite(vol)).sum())} "
+                             "non-finite voxel(s) (NaN/inf): no resolution can be measured.")
     n = vol1.shape[0]
     f1, f2 = np.fft.rfftn(vol1), np.fft.rfftn(vol2)
     k = np.fft.fftfreq(n) * n
@@ -57,20 +61,33 @@ def resolution_at(frequencies, fsc_values, threshold=0.5):
     """Resolution (A, or pixels with unit pixel size) where the FSC first drops below
     ``threshold``, linearly interpolated between the two shells around the crossing.
 
-    The DC shell is not tested; NaN/inf shells are skipped (interpolation spans the gap).
-    If the curve never drops below the threshold, returns ``1 / max(frequencies)`` (the
-    Nyquist limit ``2 * pixel_size`` for an even box): the data support at least that
-    resolution, a lower bound set by the sampling. If no finite shell before the first
-    one below the threshold is above it, returns inf (no resolution).
+    The DC shell is not tested (a NaN there, zero-mean maps, is ignored). A non-finite
+    shell beyond DC means a map has no power there: nothing is known from it on, so the
+    curve ends at the shell before it. If the curve never drops below the threshold,
+    returns ``1 / f`` of its last shell (the Nyquist limit ``2 * pixel_size`` for an even
+    box when every shell is finite): the data support at least that resolution. If no
+    finite shell before the first one below the threshold is above it, returns inf (no
+    resolution).
+
+    Raises ``ValueError`` for an empty curve, mismatched lengths, or a curve with no
+    finite value beyond DC (blank or NaN maps): an error, never a number.
     """
-    f_all = np.asarray(frequencies, dtype=np.float64)
-    v = np.asarray(fsc_values, dtype=np.float64)
-    ok = np.isfinite(v) & np.isfinite(f_all)
-    f, v = f_all[ok], v[ok]
+    f_all = np.asarray(frequencies, dtype=np.float64).ravel()
+    v_all = np.asarray(fsc_values, dtype=np.float64).ravel()
+    if len(f_all) != len(v_all):
+        raise ValueError(f"FSC curve: {len(f_all)} frequencies but {len(v_all)} values.")
+    beyond_dc = np.isfinite(f_all) & (f_all > 0)
+    if not np.any(beyond_dc & np.isfinite(v_all)):
+        raise ValueError("The FSC curve is empty or has no finite value beyond the DC shell "
+                         "(blank, constant or NaN maps?): no resolution can be measured.")
+    gaps = np.flatnonzero(beyond_dc & ~np.isfinite(v_all))
+    end = gaps[0] if len(gaps) else len(f_all)          # the curve ends before a gap
+    ok = np.isfinite(v_all[:end]) & np.isfinite(f_all[:end])
+    f, v = f_all[:end][ok], v_all[:end][ok]
     below = np.flatnonzero((v < threshold) & (f > 0))
     if len(below) == 0:
-        nyquist = f_all[np.isfinite(f_all)].max(initial=0.0)
-        return float(1.0 / nyquist) if nyquist > 0 else float("inf")
+        last = f.max(initial=0.0)
+        return float(1.0 / last) if last > 0 else float("inf")
     i = below[0]
     if i == 0 or v[i - 1] < threshold:          # no shell above the threshold before it
         return float("inf")

@@ -108,14 +108,19 @@ class OrientLearnProtCompare(OrientLearnProtBase, ProtAnalysis3D):
         px = vol_obj.getSamplingRate()
         vol, _ = volumes.read_volume(convert.clean_path(vol_obj.getFileName()))
         ref = convert.read_volume_on_grid(self.referenceVolume.get(), vol.shape[0], px)
-        self._checkFinite(vol, "Map to evaluate")
-        self._checkFinite(ref, "Reference map")
+        from ..core.checks import check_map
+        check_map(vol, "Map to evaluate")
+        check_map(ref, f"Reference map on the evaluated map's grid ({vol.shape[0]} px at "
+                       f"{px:.3f} A/px)")
         freq, values, flipped = fsc.fsc_with_handedness(vol, ref, px)
+        try:                            # an FSC without a resolution is an error
+            res = dict(map_fsc05=float(fsc.resolution_at(freq, values, 0.5)),
+                       map_fsc0143=float(fsc.resolution_at(freq, values, 0.143)),
+                       map_flipped=bool(flipped))
+        except ValueError as e:
+            raise ValueError(f"Map FSC vs reference: {e}") from e
         np.savez(self._getExtraPath(MAP_FSC_FILE), freq=freq, fsc=values, pixel_size=px,
                  flipped=flipped)
-        res = dict(map_fsc05=float(fsc.resolution_at(freq, values, 0.5)),
-                   map_fsc0143=float(fsc.resolution_at(freq, values, 0.143)),
-                   map_flipped=bool(flipped))
         self.info(f"Map FSC vs reference: {res['map_fsc05']:.2f} A at 0.5, "
                   f"{res['map_fsc0143']:.2f} A at 0.143"
                   + (" (mirrored map)" if flipped else ""))

@@ -100,21 +100,26 @@ class OrientLearnProtReconstruct(OrientLearnProtBase, ProtReconstruct3D):
         for vol, what in ((full, "The reconstructed map"), (half1, "Half map 1"),
                           (half2, "Half map 2")):
             check_map(vol, what)        # never register a blank or NaN map
-        for name, vol in (("volume.mrc", full), ("half1.mrc", half1), ("half2.mrc", half2)):
-            convert.write_volume(self._getExtraPath(name), vol, px)
         freq, fsc_half = fsc.fsc(half1, half2, pixel_size=px)
         arrays = dict(freq=freq, fsc_half=fsc_half, pixel_size=np.array(px))
         ref = self._readReference(source.image_size, px)
         if ref is not None:
+            check_map(ref, f"The reference map on the particles' grid ({source.image_size} px at "
+                           f"{px:.3f} A/px)")
             freq_r, fsc_ref, flipped = fsc.fsc_with_handedness(full, ref, pixel_size=px)
             arrays.update(fsc_ref=fsc_ref, ref_flipped=np.array(bool(flipped)))
             self.info("FSC vs reference" + (" (after flipping handedness)" if flipped else ""))
-        np.savez(self._getExtraPath(FSC_FILE), **arrays)
-        for key in ("fsc_half", "fsc_ref"):
+        for key, label in (("fsc_half", "Half-map FSC"), ("fsc_ref", "FSC vs reference")):
             if key in arrays:
-                r5 = fsc.resolution_at(freq, arrays[key], 0.5)
-                r143 = fsc.resolution_at(freq, arrays[key], 0.143)
+                try:                    # an FSC without a resolution is an error
+                    r5 = fsc.resolution_at(freq, arrays[key], 0.5)
+                    r143 = fsc.resolution_at(freq, arrays[key], 0.143)
+                except ValueError as e:
+                    raise ValueError(f"{label}: {e}") from e
                 self.info(f"{key}: FSC0.5 {r5:.2f} A, FSC0.143 {r143:.2f} A")
+        for name, vol in (("volume.mrc", full), ("half1.mrc", half1), ("half2.mrc", half2)):
+            convert.write_volume(self._getExtraPath(name), vol, px)
+        np.savez(self._getExtraPath(FSC_FILE), **arrays)
 
     def _astraMaps(self, source):
         """ASTRA CGLS (GPU) of all particles and of each half (``pipeline.half_split``),
@@ -171,9 +176,15 @@ class OrientLearnProtReconstruct(OrientLearnProtBase, ProtReconstruct3D):
         if not os.path.exists(path):
             return {}
         data = self._loadArrays(FSC_FILE)
-        return {k: (fsc.resolution_at(data["freq"], data[k], 0.5),
-                    fsc.resolution_at(data["freq"], data[k], 0.143))
-                for k in ("fsc_half", "fsc_ref") if k in data}
+        out = {}
+        for k in ("fsc_half", "fsc_ref"):
+            if k in data:
+                try:
+                    out[k] = (fsc.resolution_at(data["freq"], data[k], 0.5),
+                              fsc.resolution_at(data["freq"], data[k], 0.143))
+                except ValueError:      # a curve saved before FSCs were checked
+                    out[k] = (float("nan"), float("nan"))
+        return out
 
     # -------------------------- INFO ---------------------------------------------
     def _validate(self):

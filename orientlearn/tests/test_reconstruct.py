@@ -178,9 +178,12 @@ def test_resolution_at_interpolates():
     assert fsc.resolution_at(f, [1.0, 0.9, 0.7, 0.3, 0.1], 0.5) == pytest.approx(1 / 0.25)
     # Never below: the sampling limit 1 / max frequency.
     assert fsc.resolution_at(f, [1.0, 0.9, 0.8, 0.7, 0.6], 0.5) == pytest.approx(2.5)
-    # NaN shells are skipped; interpolation spans the gap.
-    assert fsc.resolution_at(f, [1.0, 0.9, np.nan, 0.1, 0.0], 0.5) == pytest.approx(
-        1 / (0.1 + 0.4 / 0.8 * 0.2))
+    # A shell without power ends the curve: nothing is known beyond it (was: the gap
+    # was spanned, and a curve with a gap could claim Nyquist).
+    assert fsc.resolution_at(f, [1.0, 0.9, np.nan, 0.1, 0.0], 0.5) == pytest.approx(1 / 0.1)
+    assert fsc.resolution_at(f, [1.0, 0.9, np.nan, 0.8, 0.7], 0.5) == pytest.approx(1 / 0.1)
+    # A NaN DC shell (zero-mean maps) is ignored.
+    assert fsc.resolution_at(f, [np.nan, 0.9, 0.7, 0.3, 0.1], 0.5) == pytest.approx(1 / 0.25)
     # Crossing between DC and the first shell; no shell above the threshold at all.
     assert fsc.resolution_at(f, [1.0, 0.2, 0.1, 0.0, 0.0], 0.5) == pytest.approx(
         1 / (0.1 * 0.5 / 0.8))

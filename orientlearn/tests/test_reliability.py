@@ -97,19 +97,19 @@ def test_pixel_size_range(value, ok):
 def test_reference_map_resampled_with_bounded_memory():
     """Resampling to a tiny pixel never builds the whole fine-grid map (was 39 GiB for
     a tiny-pixel particle set); the values equal whole-map resampling then cropping."""
-    from orientlearn.core import volumes as imaging
-    vol, voxel = imaging.read_volume(orientlearn.Plugin.getDemoMap())
+    from orientlearn.core import volumes
+    vol, voxel = volumes.read_volume(orientlearn.Plugin.getDemoMap())
     # Same numbers as resampling the whole map and cropping, where that is affordable.
     for size, pixel in ((48, 1.5), (32, 8.0), (40, voxel)):
         whole = int(round(vol.shape[0] * voxel / pixel))
-        expected = imaging.crop_or_pad_volume(imaging.downsample_volume(vol, whole)
+        expected = volumes.crop_or_pad_volume(volumes.downsample_volume(vol, whole)
                                               if whole != vol.shape[0] else vol, size)
-        got = convert.resample_volume_to_grid(vol, voxel, size, pixel)
+        got = volumes.resample_to_grid(vol, voxel, size, pixel)
         assert np.abs(got - expected).max() < 1e-5 * np.abs(expected).max()
     # 0.02 A/px: the whole map would be 13,944^3 voxels (10 TB); here ~17 MB at most.
     tracemalloc.start()
     try:
-        out = convert.resample_volume_to_grid(vol, voxel, 64, 0.02)
+        out = volumes.resample_to_grid(vol, voxel, 64, 0.02)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -203,6 +203,22 @@ class TestReliability(BaseTest):
         # Was: "All steps seem to be FINISHED" -> finished with no outputParticles.
         self.assertTrue(sim.isFailed())
         self.assertIn("without its output", sim.getErrorMessage())
+
+    # ---- 2. no resolution from a blank map -------------------------------------------
+    def test_reconstruct_with_a_blank_reference_fails_without_outputs(self):
+        sim = self._simulate(20, noiseMode=0, seed=13)
+        path = os.path.abspath(self.proj.getPath("blank.mrc"))
+        convert.write_volume(path, np.zeros((32, 32, 32), np.float32), 3.667)
+        imp = self.newProtocol(ProtImportVolumes, filesPath=path, samplingRate=3.667)
+        self.launchProtocol(imp)
+        recon = self.newProtocol(OrientLearnProtReconstruct, inputParticles=sim.outputParticles,
+                                 referenceVolume=imp.outputVolume)
+        self.assertEqual(recon.validate(), [])
+        self.proj.launchProtocol(recon, wait=True)
+        # Was: finished, "FSC vs reference" at Nyquist.
+        self.assertTrue(recon.isFailed())
+        self.assertIn("all zero", recon.getErrorMessage())
+        self.assertFalse(recon.hasAttribute("outputVolume"))
 
     # ---- 3. constant, NaN, huge images -----------------------------------------------
     def test_constant_nan_and_huge_images_are_refused_with_ids(self):
@@ -405,3 +421,33 @@ class TestReliability(BaseTest):
         aspire.createOutputStep()
         self.assertEqual(self._records(aspire.outputParticles, [CONFIDENCE_ATTR, ERROR_ATTR]),
                          compared)
+
+
+# ------------------------------------------------------------------ 2. FSC refusals
+
+@pytest.mark.parametrize("curve", [[], [np.nan] * 5, [1.0, np.nan, np.nan, np.nan, np.nan],
+                                   [np.inf, np.nan, np.nan, np.nan, np.nan]])
+def test_resolution_of_an_empty_or_nan_curve_is_an_error(curve):
+    from orientlearn.core import fsc
+    freq = np.linspace(0.0, 0.4, len(curve))
+    # Was: 1 / max(freq), the Nyquist limit, as if the maps agreed at every shell.
+    with pytest.raises(ValueError, match="no resolution"):
+        fsc.resolution_at(freq, curve, 0.143)
+
+
+def test_fsc_of_blank_or_nan_maps_is_an_error():
+    from orientlearn.core import fsc
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(16, 16, 16))
+    blank = np.zeros((16, 16, 16))
+    freq, curve = fsc.fsc(blank, blank, pixel_size=2.0)
+    with pytest.raises(ValueError, match="no resolution"):
+        fsc.resolution_at(freq, curve, 0.5)
+    nan_map = vol.copy()
+    nan_map[3, 4, 5] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        fsc.fsc(vol, nan_map, pixel_size=2.0)
+    # A gap (a shell without power) ends the curve: never Nyquist across it.
+    freq = np.linspace(0.0, 0.25, 6)
+    assert fsc.resolution_at(freq, [1.0, 0.95, 0.9, np.nan, 0.9, 0.9], 0.143) == \
+        pytest.approx(1 / 0.1)
