@@ -77,6 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=7, help="of the particles (paper.py trains "
                    "its models on seed 0's particles: other particles here)")
     p.add_argument("--out", help="also write the report to this file")
+    p.add_argument("--figures", metavar="DIR",
+                   help="write PNGs per row: map slices after the first orientation and at "
+                        "the end, half-map FSC of every stage, resolution per stage")
     p.add_argument("--smoke", action="store_true", help="tiny run that checks the script")
     args = p.parse_args(argv)
     if args.smoke:
@@ -133,6 +136,21 @@ def score(images, px, ctfs, q, shifts, sim, vol, mask_radius):
                 fsc05=float(fsc.resolution_at(freq, values, 0.5)))
 
 
+def save_figures(folder, tag, res, px):
+    """The viewer's figures of one run (``viewers/plots.py``) as PNGs in ``folder``."""
+    from orientlearn.viewers import plots
+    os.makedirs(folder, exist_ok=True)
+    figs = {"first_map": plots.plot_central_slices(res.iteration_volumes[0],
+                                                   title="After the first orientation"),
+            "final_map": plots.plot_central_slices(res.volume, title="Final map"),
+            "fsc": plots.plot_fsc([(f"{r['iteration']}: {r['stage']}", r["frequencies"],
+                                    r["fsc"]) for r in res.history], pixel_size=px,
+                                  title="Half-map FSC per stage"),
+            "iterations": plots.plot_iteration_history(res.history)}
+    for name, fig in figs.items():
+        plots.save_figure(fig, os.path.join(folder, f"abinitio_{tag}_{name}.png"))
+
+
 def main(argv=None):
     args = parse_args(argv)
     run = BenchmarkRun("abinitio.py", argv, tensorflow=True)
@@ -177,6 +195,9 @@ def main(argv=None):
         t = time.perf_counter()
         res = abinitio.run_ab_initio(images, px, model, meta, settings, ctf=params, log=log)
         seconds = time.perf_counter() - t
+        if args.figures:
+            tag = name.strip("+ ").replace(" + ", "_").replace(" ", "_")
+            save_figures(args.figures, tag, res, px)
         rows.append((name, score(images, px, ctfs, res.quaternions, res.shifts, sim, vol,
                                  mask_radius), res, seconds))
         log(f"{name}: {rows[-1][1]}, half-map FSC0.143 {res.resolution:.1f} A, {seconds:.0f} s")
