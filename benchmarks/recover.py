@@ -190,11 +190,14 @@ def run_end_to_end(P, args):
         features = pipeline.embed_particles(particles, model, transforms,
                                             progress=progress("embed"))
         res.update(embed_s=time.perf_counter() - t, rss_embed_mb=peak_rss_mb())
+        log(f"embedded in {res['embed_s']:.0f} s; peak RSS {res['rss_embed_mb']:.0f} MB "
+            f"(after simulate: {res['rss_simulate_mb']:.0f} MB)")
         t = time.perf_counter()
         recovered = pipeline.recover_from_embedding(features, transforms, model.distance_map,
                                                     seed=args.seed,    # product defaults
                                                     progress=progress("recover", "steps"))
         res.update(recover_s=time.perf_counter() - t, rss_recover_mb=peak_rss_mb())
+        log(f"recovered in {res['recover_s']:.0f} s; peak RSS {res['rss_recover_mb']:.0f} MB")
         del features
         t = time.perf_counter()
         maps = pipeline.reconstruct_halves(
@@ -209,7 +212,7 @@ def run_end_to_end(P, args):
     res["median_rot"] = float(np.median(alignment.orientation_errors(truth.quaternions, q_rot)))
     res["fsc0143_half"] = maps.resolution(0.143)
     res["pixel_size"] = truth.pixel_size
-    log(f"done: {res}")
+    log(f"done: {json.dumps(res)}")
     return res
 
 
