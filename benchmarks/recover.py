@@ -362,24 +362,26 @@ def main(argv=None):
     header = (f"## orientlearn recovery at scale: exact distances + N(0, {args.noise:g}²) rad, "
               f"{args.n_neighbors} neighbours + {args.n_random} random pairs per particle, "
               f"{args.loss} loss (scale {args.loss_scale:g} rad), "
-              f"8 image transforms" + (" [SMOKE RUN]" if args.smoke else ""))
-    inits = sorted({str(r["init"]) for r in results})
-    notes = [
-        "",
-        "- times: graph = `build_graph` (neighbour search + random pairs); init = spectral "
-        "start + ambiguity check; optimisation = Adam (early stopping); total = their sum. "
-        "Features are synthetic (`quaternion_features`), the embedding is not timed",
-        f"- init: {', '.join(inits)}; neighbour recall vs brute force on "
-        f"{args.recall_queries} random particles per size",
-        "- peak RSS: each size in its own process, high-water mark after recovery; start "
-        "RSS: before the graph (interpreter, numpy/scipy, truth, features)",
-        "- E_OR: median d_q after aligning by a global rotation + handedness (no "
-        "ground-truth help beyond that) and by the full O(4) (the paper's number)",
-        *run.footer(peak_rss=False),
-    ]
+              f"8 image transforms" if results else
+              f"## orientlearn end to end, streamed from disk: 5j0n, {args.e2e_size} px")
+    header += " [SMOKE RUN]" if args.smoke else ""
+    notes = [""]
+    if results:
+        inits = sorted({str(r["init"]) for r in results})
+        notes += [
+            "- times: graph = `build_graph` (neighbour search + random pairs); init = spectral "
+            "start + ambiguity check; optimisation = Adam (early stopping); total = their sum. "
+            "Features are synthetic (`quaternion_features`), the embedding is not timed",
+            f"- init: {', '.join(inits)}; neighbour recall vs brute force on "
+            f"{args.recall_queries} random particles per size",
+            "- peak RSS: each size in its own process, high-water mark after recovery; start "
+            "RSS: before the graph (interpreter, numpy/scipy, truth, features)",
+            "- E_OR: median d_q after aligning by a global rotation + handedness (no "
+            "ground-truth help beyond that) and by the full O(4) (the paper's number)"]
+    notes += e2e_notes + run.footer(peak_rss=False)
     tables = ([build_table(results)] if results else []) + \
         ([build_end_to_end_table(e2e_results)] if e2e_results else [])
-    text = "\n".join([header, "", "\n\n".join(tables)] + notes + e2e_notes) + "\n"
+    text = "\n".join([header, "", "\n\n".join(tables)] + notes) + "\n"
     write_report(text, args.out)
     return 0
 

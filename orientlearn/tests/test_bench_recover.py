@@ -6,6 +6,8 @@ never for speed (tests never time things).
 """
 import re
 
+import pytest
+
 from orientlearn.benchmarking import run_benchmark_script
 from orientlearn.tests.unittest_bridge import pytest_load_tests
 
@@ -47,3 +49,21 @@ def test_recover_benchmark_smoke_prints_the_table(tmp_path):
     assert "- machine:" in text and "- date:" in text
     assert "- command: python benchmarks/recover.py --smoke" in text
     assert out.read_text() == text
+
+
+@pytest.mark.slow
+def test_end_to_end_smoke_streams_from_a_stack_on_disk(tmp_path):
+    """``--end-to-end``: simulate to a stack, embed, recover, reconstruct from it; the
+    stages' times add up, the stack is removed, each stage's peak RSS is reported."""
+    text = run_benchmark_script("recover.py", "--end-to-end", "300", "--sizes", "500",
+                                "--workdir", tmp_path / "work", timeout=600)
+    lines = [line for line in text.splitlines() if line.startswith("| 300 |")]
+    assert len(lines) == 1, text
+    cells = [c.strip() for c in lines[0].split("|")[1:-1]]
+    stages = [float(c) for c in cells[2:6]]
+    assert all(s >= 0 for s in stages) and abs(sum(stages) - float(cells[6])) <= 2
+    rss = [float(v) for v in cells[7].split("/")]
+    assert len(rss) == 4 and all(v > 0 for v in rss) and rss == sorted(rss)
+    assert 0 <= float(cells[8]) <= 3.2                    # median error, radians
+    assert "`reconstruct_halves` (one pass, exact CTF)" in text
+    assert not any(p.suffix == ".mrcs" for p in (tmp_path / "work").iterdir())
