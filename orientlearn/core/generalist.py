@@ -13,9 +13,16 @@ Every protein is seen at a normalised scale (``scale.ParticleScaler``): its diam
    ``clean_fraction``, else ``sigma^2`` log-uniform on ``[min_sigma2, max_sigma2]``
    (relative to unit-variance clean images; ``max_sigma2 = 64`` is SNR 1/64).
 
-Pairs are only formed within a protein (``training.train_distance_model`` with one set per
-protein). ``orient_particles`` is the use: scale, embed with the detector transforms,
-recover. Angles in radians, lengths in pixels unless a name says ``_A``.
+Before the network (training and use alike) particles are centred on their
+reference-free centre of mass (``centering.centre_particles``) and phase-flipped with
+their CTF. Pairs are only formed within a protein (``training.train_distance_model`` with
+one set per protein). ``orient_particles`` is the use: centre, phase-flip, scale, embed
+with the detector transforms, recover. Angles in radians, lengths in pixels unless a name
+says ``_A``.
+
+Status (README, "Unseen proteins"): trained at a 32 px box for 15 epochs on 50 chains,
+the model is close to random on unseen proteins (median 1.6-2.1 rad noiseless); the
+measurements point to a larger box and far longer training.
 """
 import dataclasses
 import time
@@ -70,8 +77,7 @@ def protein_particles(structure, config, seed=0, name=None):
     rng = np.random.default_rng(seed)
     box = int(config.network_box)
     _, radius_A = atoms.molecule_extent(structure)
-    diameter_A = 2.0 * radius_A * rng.uniform(1 - config.size_jitter,
-                                                    1 + config.size_jitter)
+    diameter_A = 2.0 * radius_A * rng.uniform(1 - config.size_jitter, 1 + config.size_jitter)
     pixel_size = diameter_A / (config.fill * box)
     m = atoms.structure_to_map(structure, pixel_size, box=_map_box(structure, pixel_size, box))
     volume = volumes.crop_or_pad_volume(m.volume, box)
@@ -132,8 +138,7 @@ def phase_flip(images, pixel_size, ctf):
     images = np.asarray(images, dtype=np.float32)
     keys = ("defocus_u", "defocus_v", "astig_angle", "voltage", "cs", "amplitude_contrast",
             "phase_shift")
-    ctfs = ctf_2d_batch(images.shape[-1], pixel_size,
-                                **{k: ctf[k] for k in keys if k in ctf})
+    ctfs = ctf_2d_batch(images.shape[-1], pixel_size, **{k: ctf[k] for k in keys if k in ctf})
     spec = np.fft.fft2(images) * np.sign(ctfs)
     return np.fft.ifft2(spec).real.astype(np.float32)
 

@@ -41,6 +41,20 @@ def test_noise_hook_levels():
     assert np.median(var[~clean]) < 16  # log-uniform: the median is sqrt(1 * 64) = 8
 
 
+def test_phase_flip_and_centring():
+    sim, pixel_size, diameter = _user_particles(pseudo_protein(2), 6)
+    flipped = generalist.phase_flip(sim["images"], pixel_size, sim["ctf"])
+    # flipping twice gives the particles back (the CTF sign squared is 1)
+    np.testing.assert_allclose(generalist.phase_flip(flipped, pixel_size, sim["ctf"]),
+                               sim["images"], atol=2e-3)
+    # a blob 3 px off-centre is moved back to the centre
+    y, x = np.indices((32, 32)) - 16
+    blob = np.exp(-((x - 3.0) ** 2 + (y + 2.0) ** 2) / 18.0)[None].astype(np.float32)
+    centred = generalist.centre_images(blob, 1.0, 12.0)[0]
+    w = centred.clip(0) / centred.clip(0).sum()
+    assert abs((w * x).sum()) < 0.2 and abs((w * y).sum()) < 0.2
+
+
 @pytest.mark.slow
 def test_generalist_orients_an_unseen_protein():
     config = generalist.GeneralistConfig(
