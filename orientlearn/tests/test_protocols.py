@@ -9,6 +9,7 @@ import sys
 
 import mrcfile
 import numpy as np
+import pytest
 from pwem.protocols import ProtImportParticles, ProtImportVolumes
 from pyworkflow.tests import BaseTest, setupTestProject
 
@@ -109,6 +110,7 @@ class TestOrientLearnWorkflow(BaseTest):
             self.assertIn(f"plugin's environment: {program}", f.read())
         return rec
 
+    @pytest.mark.slow
     def test_workflow_end_to_end(self):
         # Off-centre particles: recover must hand their offsets on unchanged.
         sim = self._simulate(240, size=32, noiseMode=0, maxShift=1.5, seed=1)

@@ -162,6 +162,7 @@ class TestReliability(BaseTest):
         # Was: every step skipped ("nothing to be done"), still 20 particles.
         self.assertSetSize(sim.outputParticles, 30)
 
+    @pytest.mark.slow
     def test_continue_train_with_changed_image_size_refuses_and_epochs_resume(self):
         sim = self._simulate(80, noiseMode=0, seed=6)
         train = self.newProtocol(OrientLearnProtTrain, imageSize=32, epochs=2, batchSize=16,

@@ -69,6 +69,7 @@ def output_names(cls):
     return set(possible) if isinstance(possible, dict) else {m.name for m in possible}
 
 
+@pytest.mark.slow
 def test_tiny_demo_runs_the_first_template_end_to_end(tmp_path, capsys):
     cwd = os.getcwd()
     try:
