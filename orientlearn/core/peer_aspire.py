@@ -21,7 +21,7 @@ ASPIRE writes a ``logs/`` folder into its current directory (also on a bare
 
 Conventions. ASPIRE's rotations are converted to our quaternions as
 ``q = L c(q_aspire)`` with ``c`` the identity or the conjugation (``R^T``) and ``L`` one of
-the 8 exact image-side transforms of ``recovery.image_transforms()``. For images laid out
+the 8 exact image-side transforms of ``graph.image_transforms()``. For images laid out
 as ``orientlearn`` writes and reads them (``simulation.simulate_particles``, MRC stacks via
 ``convert.read_particle_images``) it is ``DEFAULT_CONVENTION``: the conjugate, no image
 transform (found by ``choose_convention`` on noiseless projections with ASPIRE 0.14.3:
@@ -46,7 +46,7 @@ ASPIRE_REQUIREMENT = "aspire>=0.14.3,<0.15"
 #: Plugin variable / environment variable naming the python of an env with ASPIRE.
 ASPIRE_PYTHON_VAR = "ORIENTLEARN_ASPIRE_PYTHON"
 DEFAULT_VENV = os.path.join(os.path.expanduser("~"), ".cache", "orientlearn", "aspire-venv")
-#: (index into recovery.image_transforms(), conjugate?) taking ASPIRE rotations to ours.
+#: (index into graph.image_transforms(), conjugate?) taking ASPIRE rotations to ours.
 DEFAULT_CONVENTION = (0, True)
 #: Files of one run, under its work folder.
 IMAGES_FILE, ROTATIONS_FILE, INFO_FILE, RUNNER_FILE = (
