@@ -194,8 +194,7 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
         # The CTF parameters a user has (CTFFIND/Gctf estimates); NO true shift is used:
         # the offsets come from the product (start_offsets, then refinement).
         p = sim["ctf"]
-        test_ctf = {k: (np.asarray(v)[test] if k in ("defocus_u", "defocus_v", "astig_angle")
-                        else v) for k, v in p.items()}
+        test_ctf = estimated_ctf(p, test, args.defocus_error, args.seed)
         du, dv, ang = (test_ctf[k] for k in ("defocus_u", "defocus_v", "astig_angle"))
 
         def ctfs(idx, size):
@@ -235,6 +234,20 @@ def run_setting(args, sigma2, true_map, pixel_size, log):
     times["total"] = sum(times.values())
     res["times"] = times
     return res
+
+
+def estimated_ctf(params, indices, defocus_error, seed):
+    """The CTF parameters of particles ``indices`` as a user has them: CTF estimation
+    (CTFFIND, Gctf) is off by some tens of nm in defocus, so each particle's ``defocus_u``
+    and ``defocus_v`` (A) get one common error drawn from ``N(0, defocus_error^2)``
+    (seeded); the angle and the scalars are kept."""
+    per_particle = ("defocus_u", "defocus_v", "astig_angle")
+    out = {k: (np.asarray(v)[indices] if k in per_particle else v) for k, v in params.items()}
+    if defocus_error > 0:
+        error = np.random.default_rng([seed, 17]).normal(0.0, defocus_error, len(indices))
+        out["defocus_u"] = out["defocus_u"] + error
+        out["defocus_v"] = out["defocus_v"] + error
+    return out
 
 
 def start_offsets(args, images, pixel_size, ctf_params, mask_radius):
@@ -375,6 +388,9 @@ def parse_args(argv=None):
     ap.add_argument("--ctf-shifts", action="store_true",
                     help="also apply random CTFs and shifts (corrected in reconstruction)")
     ap.add_argument("--max-shift", type=float, default=4.0, help="px, with --ctf-shifts")
+    ap.add_argument("--defocus-error", type=float, default=100.0,
+                    help="with --ctf-shifts: standard deviation (A) of the defocus error of "
+                         "the test particles' CTF estimates (default 100 A; 0: exact)")
     ap.add_argument("--start-shifts", choices=("zero", "com"), default="zero",
                     help="with --ctf-shifts: the starting offsets, none (as picked) or the "
                          "reference-free centre of mass; never the true ones")
@@ -443,8 +459,10 @@ def main(argv=None):
            f"gold-standard half sets, <= {args.refine_iterations} iterations, first offset "
            f"search +-{args.refine_shift_range:g} px). Errors: orientations after rotation + "
            f"handedness alignment, offsets and the refined map after the 3-D translation of the "
-           f"frame (a map's origin is arbitrary); the CTF parameters are the simulation's "
-           f"(what CTF estimation gives a user)."] if args.ctf_shifts else []),
+           f"frame (a map's origin is arbitrary). The test particles' CTFs (refinement and "
+           f"every reconstruction, the true-orientation one included) are estimates: the "
+           f"simulation's defocus with a per-particle error N(0, "
+           f"{args.defocus_error:g} A), as CTF estimation gives."] if args.ctf_shifts else []),
         f"- settings: architecture {args.architecture}, width {args.width}, features "
         f"{args.n_features}, batch {args.batch_size}, epochs <= {args.epochs}, steps/epoch "
         f"{args.steps_per_epoch or 'auto'}, train budget {args.train_minutes:g} min/setting, "

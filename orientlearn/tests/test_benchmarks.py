@@ -43,3 +43,31 @@ def test_paper_benchmark_smoke_prints_the_table(tmp_path):
     assert re.search(r"git commit: \S+", text)
     assert "machine:" in text
     assert out.read_text() == text
+
+
+def _paper_module():
+    import importlib.util
+
+    from orientlearn.benchmarking import REPO
+    spec = importlib.util.spec_from_file_location("paper_bench", f"{REPO}/benchmarks/paper.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ctf_estimates_carry_a_defocus_error_and_leave_the_truth_alone():
+    import numpy as np
+
+    paper = _paper_module()
+    n = 4000
+    du = np.full(n, 15000.0)
+    truth = dict(defocus_u=du, defocus_v=du - 300.0, astig_angle=np.zeros(n), voltage=300.0)
+    idx = np.arange(0, n, 2)
+    est = paper.estimated_ctf(truth, idx, 100.0, seed=0)
+    error = est["defocus_u"] - 15000.0
+    assert abs(np.std(error) - 100.0) < 8.0              # N(0, 100 A), 2000 draws
+    np.testing.assert_allclose(est["defocus_u"] - est["defocus_v"], 300.0)   # astigmatism kept
+    assert est["voltage"] == 300.0 and len(est["astig_angle"]) == len(idx)
+    assert np.all(truth["defocus_u"] == 15000.0)          # the simulation's values untouched
+    exact = paper.estimated_ctf(truth, idx, 0.0, seed=0)
+    assert np.all(exact["defocus_u"] == 15000.0)
