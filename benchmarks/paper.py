@@ -244,7 +244,8 @@ def estimated_ctf(params, indices, defocus_error, seed):
     per_particle = ("defocus_u", "defocus_v", "astig_angle")
     out = {k: (np.asarray(v)[indices] if k in per_particle else v) for k, v in params.items()}
     if defocus_error > 0:
-        error = np.random.default_rng([seed, 17]).normal(0.0, defocus_error, len(indices))
+        n = len(out["defocus_u"])          # indices may be a slice
+        error = np.random.default_rng([seed, 17]).normal(0.0, defocus_error, n)
         out["defocus_u"] = out["defocus_u"] + error
         out["defocus_v"] = out["defocus_v"] + error
     return out

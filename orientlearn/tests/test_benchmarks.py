@@ -69,5 +69,6 @@ def test_ctf_estimates_carry_a_defocus_error_and_leave_the_truth_alone():
     np.testing.assert_allclose(est["defocus_u"] - est["defocus_v"], 300.0)   # astigmatism kept
     assert est["voltage"] == 300.0 and len(est["astig_angle"]) == len(idx)
     assert np.all(truth["defocus_u"] == 15000.0)          # the simulation's values untouched
+    assert len(paper.estimated_ctf(truth, slice(10, 30), 100.0, seed=0)["defocus_v"]) == 20
     exact = paper.estimated_ctf(truth, idx, 0.0, seed=0)
     assert np.all(exact["defocus_u"] == 15000.0)
