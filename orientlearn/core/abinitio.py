@@ -49,7 +49,8 @@ from .scale import DEFAULT_FILL, ParticleScaler
 from .simulation import simulate_particles
 
 __all__ = ["AbInitioSettings", "AbInitioResult", "AbInitio", "ModelGrid", "orient",
-           "estimate_noise_sigma2", "simulate_like_data", "fine_tune", "START_SHIFTS"]
+           "estimate_noise_sigma2", "simulate_like_data", "fine_tune", "model_from_volume",
+           "START_SHIFTS"]
 
 START_SHIFTS = ("centre of mass", "input", "zero")
 
@@ -74,7 +75,9 @@ class AbInitioSettings:
     of all particles at the end); ``fine_tune``, ``fine_tune_particles``,
     ``fine_tune_epochs``, ``fine_tune_learning_rate``, ``fine_tune_batch_size``:
     self-training; ``n_neighbors``, ``n_random``, ``recovery_steps``: recovery;
-    ``wiener_constant``: reconstructions; ``n_threads``: None = usable cores; ``seed``.
+    ``wiener_constant``: reconstructions; ``n_threads``: None = usable cores; ``seed``;
+    ``volume_particles``, ``volume_epochs``, ``volume_image_size``: the model trained
+    from scratch on an initial volume when no model is given (``model_from_volume``).
     """
     diameter_A: float
     symmetry: str = "C1"
@@ -96,6 +99,9 @@ class AbInitioSettings:
     wiener_constant: float = 0.1
     n_threads: int = None
     seed: int = 0
+    volume_particles: int = 2000
+    volume_epochs: int = 15
+    volume_image_size: int = 64
 
 
 @dataclasses.dataclass
@@ -103,12 +109,14 @@ class AbInitioResult(HalfMapResult):
     """What ab initio returns (``HalfMapResult``; ``history``: one JSON-able record per
     stage) and ``iteration_volumes``: the subset's map after each iteration;
     ``best_iteration``; ``subset`` (indices); ``sigma2``: the estimated noise level;
-    ``model``: the (possibly fine-tuned) Keras model."""
+    ``model``: the (possibly fine-tuned, or trained on the initial volume) Keras model,
+    ``model_meta``: its metadata (``model_io``)."""
     iteration_volumes: list
     best_iteration: int
     subset: np.ndarray
     sigma2: float
     model: object
+    model_meta: dict = None
 
 
 @dataclasses.dataclass
@@ -234,6 +242,48 @@ def fine_tune(model, head, images, quaternions, symmetry="C1", epochs=3, batch_s
                                 progress=progress, model=model, head=head)
 
 
+def model_from_volume(volume, pixel_size, n_particles=2000, image_size=64, ctf=None,
+                      sigma2=None, max_shift=0.0, symmetry="C1", epochs=20, batch_size=64,
+                      learning_rate=1e-3, n_features=32, seed=0, progress=None):
+    """A new distance model of the protein in ``volume (N, N, N)``, trained from scratch.
+
+    ``volume`` is on the particles' grid (``pixel_size`` A/voxel, ``N`` = their box), e.g.
+    a coarse initial map. ``n_particles`` projections are simulated like the data
+    (``simulate_like_data``: the data's ``ctf`` parameters, offsets up to ``max_shift``
+    px, noise ``sigma2``), centred by their true offsets (as ``fine_tune_model``: the
+    loop centres the particles by their estimated offsets before embedding them) and
+    Fourier-resampled to ``image_size`` px when the box is larger (training time grows
+    with the pixels). ``epochs`` etc.: ``training.train_distance_model`` (10 % held out,
+    best validation weights kept).
+
+    Returns ``(model, meta, history)``; ``meta`` is what ``ModelGrid`` and
+    ``model_io.save_distance_model`` take: ``image_size``, ``pixel_size`` (A/px of the
+    model's grid), ``head``, ``kind = 'volume'``.
+    """
+    from .training import train_distance_model
+    n_box = int(np.shape(volume)[-1])
+    size = min(int(image_size), n_box)
+    sim = simulate_like_data(volume, pixel_size, int(n_particles), ctf=ctf, sigma2=sigma2,
+                             max_shift=max_shift, symmetry=symmetry, seed=seed)
+    images = image_ops.shift_images(sim["images"], -sim["shifts"])
+    if size != n_box:
+        images = image_ops.downsample(images, size)
+    head = network.DEFAULT_HEAD
+    model, hist = train_distance_model(images, sim["quaternions"], symmetry=symmetry,
+                                       epochs=epochs, batch_size=batch_size,
+                                       learning_rate=learning_rate, n_features=n_features,
+                                       validation_fraction=0.1, seed=seed, head=head,
+                                       progress=progress)
+    finite = sigma2 is not None and np.isfinite(sigma2)
+    meta = dict(image_size=size, pixel_size=float(pixel_size) * n_box / size, head=head,
+                kind="volume", symmetry=symmetry, n_features=int(n_features),
+                training=dict(n_particles=int(n_particles),
+                              sigma2=float(sigma2) if finite else None,
+                              epochs=len(hist["loss"]),
+                              best_val_loss=float(hist["best_val_loss"])))
+    return model, meta, hist
+
+
 def _frame_change(q_old, q_new, symmetry):
     """Median angle (rad) between two estimates after the best global rotation and hand
     (each recovery has its own frame)."""
@@ -249,27 +299,62 @@ class AbInitio:
     ``ctf``: None or a dict of per-particle CTF arrays (``LocalRefiner``); ``shifts``:
     ``(M, 2)`` px the particles carry (None: 0), used when ``start_shifts == 'input'``;
     ``model``, ``meta``: the distance model and its metadata (``model_io``); ``log``:
-    one line per call; ``progress(done, total)``. ``run()`` does it all.
+    one line per call; ``progress(done, total)``. ``initial_volume``: an optional coarse
+    map ``(N, N, N)`` of the protein on the particles' grid (``pixel_size``, box ``N``;
+    e.g. another program's initial model): a new model is trained on its projections
+    simulated like the data before the first orientation round (``train_on_volume``);
+    with it, ``model`` and ``meta`` may be None and any model given is replaced. ``run()``
+    does it all.
     """
 
     def __init__(self, images, pixel_size, model, meta, settings, ctf=None, shifts=None,
-                 log=None, progress=None):
+                 log=None, progress=None, initial_volume=None):
         self.images = np.asarray(images, np.float32)
         self.m, self.size = len(self.images), self.images.shape[-1]
         self.pixel_size = float(pixel_size)
-        self.model, self.meta = model, dict(meta)
-        self.head = self.meta.get("head", network.LEGACY_HEAD)
         self.settings = settings
         self.ctf = ctf
         self.input_shifts = None if shifts is None else np.asarray(shifts, np.float64)
         self.log = log or (lambda line: None)
         self.progress = progress
-        self.grid = ModelGrid(self.meta, self.size, self.pixel_size, settings.diameter_A)
+        self.initial_volume = _checked_volume(initial_volume, self.size)
+        self._set_model(model, meta or {})
         self.diameter_px = settings.diameter_A / self.pixel_size
         self.mask_radius = min(self.size / 2.0 - 2.0, self.diameter_px / 2.0 + 4.0)
         self.history = []
 
+    def _set_model(self, model, meta):
+        self.model, self.meta = model, dict(meta)
+        self.head = self.meta.get("head", network.LEGACY_HEAD)
+        self.grid = (ModelGrid(self.meta, self.size, self.pixel_size,
+                               self.settings.diameter_A) if "image_size" in self.meta
+                     else None)
+
     # ------------------------------------------------------------------ pieces
+    def train_on_volume(self, shifts):
+        """Replace the model by one trained from scratch on ``self.initial_volume``'s
+        projections simulated like the data (``model_from_volume``: the data's CTFs, the
+        estimated noise level, offsets as large as ``shifts (M, 2)``). Returns a record
+        for the history."""
+        s = self.settings
+        t0 = time.perf_counter()
+        spread = float(np.percentile(np.abs(shifts), 95)) if len(shifts) else 0.0
+        self.log(f"Training a distance model on {s.volume_particles} projections of the "
+                 f"initial volume ({s.volume_epochs} epochs at most, "
+                 f"{min(s.volume_image_size, self.size)} px)")
+
+        def log_epoch(epoch, n_epochs, logs):
+            self.log(f"Initial-volume model, epoch {epoch}/{n_epochs}: {logs}")
+        model, meta, hist = model_from_volume(
+            self.initial_volume, self.pixel_size, n_particles=s.volume_particles,
+            image_size=s.volume_image_size, ctf=self.ctf, sigma2=self.sigma2,
+            max_shift=min(spread, s.max_shift), symmetry=s.symmetry, epochs=s.volume_epochs,
+            seed=s.seed + 17, progress=log_epoch)
+        self._set_model(model, meta)
+        return dict(volume_training_seconds=time.perf_counter() - t0,
+                    volume_val_loss=[float(v) for v in hist["val_loss"]],
+                    volume_particles=int(s.volume_particles))
+
     def _subset(self):
         s = self.settings
         if not s.n_subset or s.n_subset >= self.m:
@@ -382,12 +467,16 @@ class AbInitio:
 
     # ------------------------------------------------------------------ driver
     def run(self):
+        if self.model is None and self.initial_volume is None:
+            raise ValueError("Give a distance model, or an initial volume to train one on.")
         start = time.perf_counter()
         s = self.settings
         subset = self._subset()
         self.sigma2 = estimate_noise_sigma2(self.images[subset[:2000]], self.diameter_px,
                                             s.max_shift)
         shifts_all = self.start_shifts()
+        extra = ({} if self.initial_volume is None
+                 else self.train_on_volume(shifts_all[subset]))
         self.log(f"{len(subset)} of {self.m} particles in the loop; model grid: "
                  f"{self.grid.describe()}; estimated noise sigma^2 {self.sigma2:.3g}")
         refiner = self._refiner(subset)
@@ -395,7 +484,6 @@ class AbInitio:
         q_prev, t_prev = None, None
         best = None
         volumes = []
-        extra = {}
         for it in range(1, s.max_iterations + 1):
             t0 = time.perf_counter()
             q = self.orient(subset, shifts, seed=s.seed + it)
@@ -430,7 +518,8 @@ class AbInitio:
         return AbInitioResult(
             history=list(self.history), iteration_volumes=volumes,
             best_iteration=best["iteration"], subset=subset, sigma2=self.sigma2,
-            model=self.model, seconds=time.perf_counter() - start, **result)
+            model=self.model, model_meta=dict(self.meta),
+            seconds=time.perf_counter() - start, **result)
 
     def _final(self, best, subset, shifts_all):
         """Orient every particle in the best iteration's frame; final half maps."""
@@ -468,8 +557,22 @@ class AbInitio:
                     resolution_05=float(refiner.resolution(0.5)))
 
 
+def _checked_volume(volume, size):
+    """``volume`` as a float32 ``(size, size, size)`` array (None stays None)."""
+    if volume is None:
+        return None
+    vol = np.asarray(volume, np.float32)
+    if vol.shape != (size,) * 3:
+        raise ValueError(f"The initial volume must be on the particles' grid, a "
+                         f"({size}, {size}, {size}) cube (volumes.resample_to_grid); got "
+                         f"{vol.shape}.")
+    if not np.all(np.isfinite(vol)) or not np.ptp(vol) > 0:
+        raise ValueError("The initial volume is constant or not finite.")
+    return vol
+
+
 def run_ab_initio(images, pixel_size, model, meta, settings, ctf=None, shifts=None,
-                  log=None, progress=None):
+                  log=None, progress=None, initial_volume=None):
     """``AbInitio(...).run()``: what protocols and benchmarks call."""
     return AbInitio(images, pixel_size, model, meta, settings, ctf=ctf, shifts=shifts,
-                    log=log, progress=progress).run()
+                    log=log, progress=progress, initial_volume=initial_volume).run()

@@ -12,7 +12,7 @@ from .image_ops import _crop_or_pad, _resample
 
 __all__ = [
     "read_volume", "pad_to_cube", "downsample_volume", "crop_or_pad_volume",
-    "resample_to_grid",
+    "resample_to_grid", "low_pass",
 ]
 
 
@@ -113,6 +113,23 @@ def resample_to_grid(volume, voxel_size, size, pixel_size):
     for axis in range(3):
         vol = np.moveaxis(np.tensordot(weights, vol, axes=([1], [axis])), 0, axis)
     return np.ascontiguousarray(vol, dtype=np.float32)
+
+
+def low_pass(volume, voxel_size, resolution):
+    """Gaussian low-pass of a cubic map ``(N, N, N)`` (``voxel_size`` A) whose amplitude
+    is 1/2 at the spatial frequency ``1 / resolution`` (A^-1), 1/16 at twice it.
+
+    A Gaussian rather than a hard cut-off: no ringing, so a "25 A map" looks like one
+    (as RELION's initial low-pass of a reference). Returns float32 ``(N, N, N)``."""
+    vol = np.asarray(_check_cube(volume), dtype=np.float32)
+    n = vol.shape[0]
+    k = np.fft.fftfreq(n, d=float(voxel_size))            # A^-1
+    kz = np.fft.rfftfreq(n, d=float(voxel_size))
+    k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + kz[None, None, :] ** 2
+    # exp(-k^2 / 2 s^2) = 1/2 at k = 1/resolution.
+    s2 = (1.0 / float(resolution)) ** 2 / (2.0 * np.log(2.0))
+    f = np.fft.rfftn(vol) * np.exp(-0.5 * k2 / s2)
+    return np.fft.irfftn(f, s=vol.shape).astype(np.float32)
 
 
 def _resampling_rows(n, new, size):
