@@ -54,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--n-test", type=int, default=1000, help="test particles (true map)")
     p.add_argument("--max-shift", type=float, default=2.0, help="test offsets (px)")
     p.add_argument("--train-n", type=int, default=2000, help="training particles")
-    p.add_argument("--train-epochs", type=int, default=15)
+    p.add_argument("--train-epochs", type=int, default=25)
     p.add_argument("--perturbation", type=float, default=0.5,
                    help="RMS of the perturbation / RMS of the map inside its support")
     p.add_argument("--perturbation-resolution", type=float, default=30.0, help="A")
@@ -145,7 +145,7 @@ def report(rows, args, px, run):
     smoke = "[SMOKE RUN: tiny settings, the numbers mean nothing] " if args.smoke else ""
     lines = [f"### {smoke}Bootstrap from a coarse map: 5j0n, models trained from scratch on "
              f"{args.train_n} projections of the start map ({args.size} px, {px:.2f} A/px, "
-             f"{args.train_epochs} epochs at most), tested on {args.n_test} particles of the "
+             f"{args.train_epochs} epochs, best kept), tested on {args.n_test} particles of the "
              f"TRUE map (CTF, offsets <= {args.max_shift:g} px)", "",
              "| start map | its FSC0.5 vs true (A) | test sigma^2 (estimated) | training: "
              "epochs, best val loss (constant) | time (s) | median error, recovered (rad) | "
