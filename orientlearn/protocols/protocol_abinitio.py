@@ -75,9 +75,23 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
         form.addParam("inputModel", params.PointerParam, pointerClass="DistanceModel",
                       allowsNull=True, label="Distance model",
                       help="A distance model from 'train distance' or 'import trained "
-                           "model'. Empty: the generalist model shipped with orientlearn, "
-                           "when this installation has one. A model trained on projections "
-                           "of this very protein is not ab initio (it needs the map).")
+                           "model'. Empty: a model trained on the initial volume below when "
+                           "one is given, else the generalist model shipped with "
+                           "orientlearn, when this installation has one. A model trained on "
+                           "projections of this very protein's final map is not ab initio "
+                           "(it needs the map).")
+        form.addParam("initialVolume", params.PointerParam, pointerClass="Volume",
+                      allowsNull=True, label="Initial volume (optional)",
+                      help="A coarse map of the protein to start from: an initial model "
+                           "from RELION, cryoSPARC or Xmipp, or a related structure "
+                           "low-passed to ~25 A. A new distance model is trained on its "
+                           "projections simulated like your particles (their CTFs, box, "
+                           "pixel size, offsets and estimated noise level) and orients "
+                           "the particles; the loop then goes on as usual (the distance "
+                           "model above is then not used). It is resampled to the "
+                           "particles' pixel size and box; its hand does not matter. "
+                           "Measured on simulated 5j0n particles: README, 'ab initio on "
+                           "your particles'.")
         form.addParam("doCtf", params.BooleanParam, default=True, label="Use the CTF?",
                       help="Correct the CTF in the reconstructions, compare particles with "
                            "CTF-modulated projections in the refinement, and simulate the "
@@ -151,6 +165,22 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
                       label="Minimum improvement",
                       help="Relative improvement of the half-map resolution (FSC 0.143) an "
                            "iteration must bring for the loop to go on (0.02 = 2%).")
+        form.addParam("volumeParticles", params.IntParam, default=2000,
+                      validators=[params.GE(40)], expertLevel=params.LEVEL_ADVANCED,
+                      label="Initial-volume training particles",
+                      help="Projections of the initial volume simulated to train the model "
+                           "on (when an initial volume is given).")
+        form.addParam("volumeEpochs", params.IntParam, default=25, validators=[params.GT(0)],
+                      expertLevel=params.LEVEL_ADVANCED, label="Initial-volume training epochs",
+                      help="Training epochs of that model (the best validation weights are "
+                           "kept). About 30 s each for 2,000 particles at 64 px on one CPU "
+                           "core.")
+        form.addParam("volumeImageSize", params.IntParam, default=64,
+                      validators=[params.GE(16)], expertLevel=params.LEVEL_ADVANCED,
+                      label="Initial-volume model box (px)",
+                      help="The particles are Fourier-downsampled to this box for that "
+                           "model when their box is larger (training time grows with the "
+                           "pixels).")
         form.addParam("nNeighbors", params.IntParam, default=32, validators=[params.GT(0)],
                       expertLevel=params.LEVEL_ADVANCED, label="Neighbours per particle",
                       help="Nearest neighbours in feature space linked to each particle in "
@@ -196,7 +226,10 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
             fine_tune_learning_rate=self.fineTuneLearningRate.get(),
             n_neighbors=self.nNeighbors.get(), n_random=self.nRandom.get(),
             recovery_steps=self.nSteps.get(), wiener_constant=self.wienerConstant.get(),
-            n_threads=self._threadCount(), seed=self.seed.get())
+            n_threads=self._threadCount(), seed=self.seed.get(),
+            volume_particles=self.volumeParticles.get(),
+            volume_epochs=self.volumeEpochs.get(),
+            volume_image_size=self.volumeImageSize.get())
 
     def abInitioStep(self, signature=None):
         self._configureDevices()
@@ -207,21 +240,33 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
         self._checkImages(ids, images, "Input particles")
         ctf = convert.particle_ctfs(parts) if self.doCtf else None
         shifts = convert.particle_shifts(parts)
-        path = self._modelPath()
-        model, meta = model_io.load_distance_model(path)
-        meta.setdefault("image_size", model.input_shape[1])
-        if self.inputModel.get() is not None:
-            meta.setdefault("pixel_size", self.inputModel.get().getSamplingRate())
-        self.info(f"Distance model: {path}")
+        initial = self.initialVolume.get()
+        if initial is not None:
+            start_map = convert.read_volume_on_grid(initial, images.shape[-1], px)
+            model, meta, path = None, {}, f"trained on {initial.getFileName()}"
+            self.info(f"Initial volume: {initial.getFileName()} "
+                      f"({initial.getSamplingRate():.4g} A/px, resampled to {px:.4g} A/px, "
+                      f"{images.shape[-1]} px); a distance model is trained on it.")
+        else:
+            start_map, path = None, self._modelPath()
+            model, meta = model_io.load_distance_model(path)
+            meta.setdefault("image_size", model.input_shape[1])
+            if self.inputModel.get() is not None:
+                meta.setdefault("pixel_size", self.inputModel.get().getSamplingRate())
+            self.info(f"Distance model: {path}")
         res = abinitio.run_ab_initio(images, px, model, meta, self._settings(), ctf=ctf,
                                      shifts=shifts, log=self.info,
-                                     progress=self._progress("Ab initio", "items"))
+                                     progress=self._progress("Ab initio", "items"),
+                                     initial_volume=start_map)
         for name, vol in (("volume.mrc", res.volume), ("half1.mrc", res.half_maps[0]),
                           ("half2.mrc", res.half_maps[1])):
             convert.write_volume(self._getExtraPath(name), vol, px)
         for k, vol in enumerate(res.iteration_volumes, start=1):
             convert.write_volume(self._getExtraPath(f"iteration_{k:02d}.mrc"), vol, px)
-        if self.doFineTune and res.best_iteration > 1:
+        if initial is not None:
+            model_io.save_distance_model(res.model, self._getExtraPath(MODEL_FILE),
+                                         dict(res.model_meta, trained_on=path))
+        elif self.doFineTune and res.best_iteration > 1:
             model_io.save_distance_model(res.model, self._getExtraPath(MODEL_FILE),
                                          dict(meta, fine_tuned_from=path))
         np.savez(self._getExtraPath(RESULT_FILE), quaternions=res.quaternions,
@@ -284,11 +329,17 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
         errors += self._validateParticles(parts, "Input particles", minCount=40)
         errors += self._validateSymmetry(self.symmetryGroup.get())
         model = self.inputModel.get()
-        if model is None:
+        initial = self.initialVolume.get()
+        errors += self._validateVolume(initial, "Initial volume")
+        if initial is not None:
+            errors += self._validateInitialVolume(initial)
+        elif model is None:
             if shipped_generalist() is None:
                 errors.append("Distance model: this installation ships no generalist model "
-                              "yet, so a model is required: train one ('train distance') or "
-                              "import one ('import trained model').")
+                              "yet, so a model or an initial volume is required: give a coarse "
+                              "initial volume (e.g. RELION's or cryoSPARC's initial model), or "
+                              "train a model ('train distance') or import one ('import "
+                              "trained model').")
         else:
             fn = model.getFileName()
             if not fn or not os.path.exists(fn):
@@ -320,12 +371,32 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
                           "few for two half maps; use at least 40 (or 0 for all).")
         return errors
 
+    def _validateInitialVolume(self, volume):
+        """The initial volume must hold the particle: its extent (A) at least the
+        particle diameter. Another sampling or box is fine: it is resampled."""
+        d = self.particleDiameter.get()
+        dims = volume.getDim()
+        px = volume.getSamplingRate()
+        if not dims or not px or d is None or d <= 0:
+            return []
+        extent = min(dims) * px
+        if extent < d:
+            return [f"Initial volume: its box ({min(dims)} px x {px:.3g} A = {extent:.0f} A) "
+                    f"is smaller than the particle diameter ({d:.0f} A): the protein would be "
+                    "cut; give a map in a larger box."]
+        return []
+
     def _warnings(self):
         parts = self.inputParticles.get()
+        warnings = []
         if parts is not None and self.doCtf and not parts.hasCTF():
-            return ["The particles carry no CTF: the maps will not be CTF-corrected and "
-                    "fine-tuning particles are simulated without a CTF."]
-        return []
+            warnings.append("The particles carry no CTF: the maps will not be CTF-corrected "
+                            "and fine-tuning particles are simulated without a CTF.")
+        if self.initialVolume.get() is not None and self.inputModel.get() is not None:
+            warnings.append("Both a distance model and an initial volume are given: a new "
+                            "model is trained on the initial volume and the distance model "
+                            "is not used.")
+        return warnings
 
     def _summary(self):
         hist = self.getHistory()
@@ -355,6 +426,9 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
                 f"{self.inputParticles.get().getSize()} particles with orientlearn: "
                 "orientations were recovered from distances estimated by a Siamese network "
                 "[Banjac2021]")
+        if self.initialVolume.get() is not None:
+            text += (" trained on projections of a coarse initial volume simulated like the "
+                     "particles")
         if self.doRefine:
             text += (", then refined locally with the offsets against two independent half "
                      "maps (gold standard [Henderson2012])")
