@@ -243,7 +243,7 @@ def fine_tune(model, head, images, quaternions, symmetry="C1", epochs=3, batch_s
 
 
 def model_from_volume(volume, pixel_size, n_particles=2000, image_size=64, ctf=None,
-                      sigma2=None, max_shift=0.0, symmetry="C1", epochs=20, batch_size=64,
+                      sigma2=None, max_shift=0.0, symmetry="C1", epochs=25, batch_size=64,
                       learning_rate=1e-3, n_features=32, seed=0, progress=None):
     """A new distance model of the protein in ``volume (N, N, N)``, trained from scratch.
 
