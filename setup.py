@@ -46,7 +46,10 @@ setup(
         "astra": ["astra-toolbox>=2.1"],
         # scipion-em-relion: its star converter checks our ALIGN_PROJ convention in
         # tests/test_convert.py (skipped without it); pure Python, leaves numpy alone.
-        "test": ["pytest>=7", "scipion-em-relion>=5.0.2,<6", "ruff>=0.5"],
+        "test": ["pytest>=7", "scipion-em-relion>=5.0.2,<6", "ruff>=0.5",
+                 # ASPIRE: the common-lines tests (class averages, the no-map start) run
+                 # instead of being skipped
+                 "aspire>=0.14.3,<0.15; python_version>='3.10'"],
         # ASPIRE in the plugin's env, for the 'common lines (ASPIRE)' protocol: 0.14.x
         # declares numpy>=1.25 and runs with numpy 1.26.1 / scipy 1.10 (checked). Without
         # it the protocol uses a separate env: python -m orientlearn.core.peer_aspire create

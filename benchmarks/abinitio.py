@@ -16,12 +16,16 @@ orientations and offsets (the ceiling of these particles).
 The model: ``--model PATH`` (a saved distance model; say in ``--model-label`` what it was
 trained on), else one trained here on other simulated particles of 5j0n (``--train-*``):
 that is the **same-protein ceiling, not ab initio** (it knows the protein), and the table
-says so.
+says so. ``--no-model`` is true ab initio, the protocol's start with neither a model nor a
+map: the first map comes from class averages oriented by common lines (ASPIRE,
+``core.common_lines_map``) and a model is trained on it inside ``run_ab_initio``; then
+one run (the protocol's defaults: + refinement), since each run trains its own model.
 
 Usage::
 
     python benchmarks/abinitio.py                    # 5j0n at 64 px, sigma^2 = 16
     python benchmarks/abinitio.py --size 32 --n 600 --sigma2 4 --out abinitio.md
+    python benchmarks/abinitio.py --no-model --sigma2 16   # true ab initio (ASPIRE start)
     python benchmarks/abinitio.py --smoke            # tiny, checks the script
 """
 import argparse
@@ -70,6 +74,11 @@ def parse_args(argv=None):
     p.add_argument("--fine-tune-epochs", type=int, default=3)
     p.add_argument("--model", help="a saved distance model (else: trained here on 5j0n)")
     p.add_argument("--model-label", default="", help="what --model was trained on")
+    p.add_argument("--no-model", action="store_true",
+                   help="no model and no map: start from class averages + common lines")
+    p.add_argument("--classes", type=int, default=200, help="with --no-model")
+    p.add_argument("--volume-epochs", type=int, default=25,
+                   help="with --no-model: epochs of the model trained on the first map")
     p.add_argument("--train-n", type=int, default=3000)
     p.add_argument("--train-epochs", type=int, default=20)
     p.add_argument("--train-steps", type=int, default=0, help="steps per epoch (0: auto)")
@@ -86,6 +95,7 @@ def parse_args(argv=None):
         args.box, args.size, args.n, args.sigma2, args.iterations = 76, 32, 120, 1.0, 2
         args.refine_iterations, args.fine_tune_particles, args.fine_tune_epochs = 1, 100, 1
         args.train_n, args.train_epochs, args.train_steps = 200, 1, 4
+        args.classes, args.volume_epochs = 30, 1
     return args
 
 
@@ -170,7 +180,12 @@ def main(argv=None):
     diameter_A = args.diameter
     mask_radius = min(args.size / 2 - 2, diameter_A / px / 2 + 4)
     t = time.perf_counter()
-    if args.model:
+    if args.no_model:
+        model, meta, train_s = None, None, 0.0
+        label = (f"NONE, true ab initio: {args.classes} class averages oriented by common "
+                 "lines (ASPIRE) -> first map -> a model trained on it "
+                 f"({args.volume_epochs} epochs; inside run_ab_initio, so in its time)")
+    elif args.model:
         model, meta = model_io.load_distance_model(args.model)
         meta.setdefault("image_size", model.input_shape[1])
         label = f"{args.model} ({args.model_label or 'training data not stated'})"
@@ -178,22 +193,27 @@ def main(argv=None):
     else:
         model, meta, label = same_protein_model(big, voxel, args, log)
         train_s = time.perf_counter() - t
-    weights = model.get_weights()
+    weights = None if model is None else model.get_weights()
 
     rows = []
     truth = score(images, px, ctfs, sim["quaternions"], sim["shifts"], sim, vol, mask_radius)
     rows.append(("true orientations and offsets", truth, None, 0.0))
-    for name, levers in ROWS:
-        model.set_weights(weights)           # every row starts from the same model
+    for name, levers in (ROWS[1:2] if args.no_model else ROWS):
+        if model is not None:
+            model.set_weights(weights)       # every row starts from the same model
         settings = abinitio.AbInitioSettings(
             diameter_A=diameter_A, n_subset=args.subset, max_iterations=args.iterations,
             max_shift=args.max_shift * args.size / args.box + 1,
             refine_iterations=args.refine_iterations,
             fine_tune_particles=args.fine_tune_particles,
             fine_tune_epochs=args.fine_tune_epochs, n_threads=args.threads, seed=args.seed,
-            **levers)
+            common_lines_classes=args.classes, volume_epochs=args.volume_epochs, **levers)
         t = time.perf_counter()
         res = abinitio.run_ab_initio(images, px, model, meta, settings, ctf=params, log=log)
+        if args.no_model:
+            first = res.history[0]
+            name = (f"{name} (common lines {first['common_lines_seconds']:.0f} s, model "
+                    f"{first['volume_training_seconds']:.0f} s)")
         seconds = time.perf_counter() - t
         if args.figures:
             tag = name.strip("+ ").replace(" + ", "_").replace(" ", "_")

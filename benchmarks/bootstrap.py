@@ -35,6 +35,7 @@ from orientlearn.benchmarking import BenchmarkRun, volume_at_size, write_report 
 from orientlearn.core import (  # noqa: E402
     abinitio,
     alignment,
+    common_lines_map,
     refinement,
     simulation,
     volumes,
@@ -42,7 +43,7 @@ from orientlearn.core import (  # noqa: E402
 
 #: Start maps: name -> (low-pass resolution A or None, perturbed?).
 MAPS = {"true": (None, False), "15": (15.0, False), "25": (25.0, False),
-        "40": (40.0, False), "25+perturbed": (25.0, True)}
+        "40": (40.0, False), "25+perturbed": (25.0, True), "commonlines": (None, False)}
 
 
 def parse_args(argv=None):
@@ -58,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--perturbation", type=float, default=0.5,
                    help="RMS of the perturbation / RMS of the map inside its support")
     p.add_argument("--perturbation-resolution", type=float, default=30.0, help="A")
+    p.add_argument("--classes", type=int, default=200,
+                   help="'commonlines' map: class averages oriented by common lines")
     p.add_argument("--refine-iterations", type=int, default=4)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -67,6 +70,7 @@ def parse_args(argv=None):
     if args.smoke:
         args.size, args.n_test, args.train_n, args.train_epochs = 32, 60, 120, 1
         args.maps, args.refine_iterations = ["true", "25+perturbed"], 1
+        args.classes = 20
     return args
 
 
@@ -84,13 +88,31 @@ def smooth_perturbation(vol, px, resolution, amplitude, seed):
     return (vol + field).astype(np.float32)
 
 
-def start_map(name, true_map, px, args):
+def start_map(name, true_map, px, args, test=None, log=None):
+    """The start map ``name`` and, for 'commonlines', what its making measured."""
+    if name == "commonlines":
+        return common_lines_start(test, px, args, log)
     resolution, perturbed = MAPS[name]
     vol = true_map if resolution is None else volumes.low_pass(true_map, px, resolution)
     if perturbed:
         vol = smooth_perturbation(vol, px, args.perturbation_resolution, args.perturbation,
                                   args.seed)
-    return vol
+    return vol, {}
+
+
+def common_lines_start(test, px, args, log):
+    """The map ab initio makes from the test particles themselves with no reference
+    (``common_lines_map``: class averages + common lines, ASPIRE); the error of the class
+    averages' orientations against those of the particles they are centred on (ASPIRE's
+    classes keep the particles' order: average k is centred on particle k)."""
+    settings = common_lines_map.CommonLinesSettings(n_classes=args.classes, seed=args.seed)
+    t = time.perf_counter()
+    vol, info = common_lines_map.common_lines_map(test["images"], px, args.diameter,
+                                                  ctf=test["ctf"], settings=settings, log=log)
+    k = len(info["quaternions"])
+    err = median_error(test["quaternions"][:k], info["quaternions"])
+    log(f"common lines: {k} class averages, median error {err:.3f} rad")
+    return vol, dict(classes_err=err, classes_s=time.perf_counter() - t)
 
 
 def correlation(vol, true_map):
@@ -105,7 +127,7 @@ def median_error(q_true, q):
 
 def run_row(name, sigma2, true_map, px, test, args, log):
     """Train on the start map ``name``, orient and refine the test particles; a dict."""
-    vol = start_map(name, true_map, px, args)
+    vol, extra = start_map(name, true_map, px, args, test, log)
     diameter_px = args.diameter / px
     est = abinitio.estimate_noise_sigma2(test["images"], diameter_px, args.max_shift)
     # CPU seconds, not wall: on a shared machine the wall clock also counts others' work.
@@ -134,7 +156,7 @@ def run_row(name, sigma2, true_map, px, test, args, log):
     refine_s = time.process_time() - t
     err1 = median_error(test["quaternions"], ref.quaternions)
     log(f"{name} sigma2 {sigma2:g}: refined, median error {err1:.3f} rad")
-    return dict(name=name, sigma2=sigma2, start_cc=correlation(vol, true_map),
+    return dict(extra, name=name, sigma2=sigma2, start_cc=correlation(vol, true_map),
                 sigma2_est=est, epochs=len(hist["loss"]), val=hist["best_val_loss"],
                 baseline=hist["val_constant_baseline"], train_s=train_s, err0=err0,
                 err1=err1, half=float(ref.resolution), half05=float(ref.resolution_05),
@@ -157,7 +179,13 @@ def report(rows, args, px, run):
             f"{r['name'].replace('+perturbed', '')} A low-pass"
             + (f" + smooth perturbation ({args.perturbation:g} x RMS at "
                f"{args.perturbation_resolution:g} A)" if "perturbed" in r["name"] else ""))
-        lines.append(f"| {label} | {r['start_cc']:.3f} | {r['sigma2']:g} "
+        cc = f"{r['start_cc']:.3f}"
+        if r["name"] == "commonlines":
+            label = (f"**no map**: {args.classes} class averages + common lines (ASPIRE) of "
+                     f"the test particles: averages at {r['classes_err']:.3f} rad, "
+                     f"{r['classes_s']:.0f} s wall")
+            cc = "- (own frame)"
+        lines.append(f"| {label} | {cc} | {r['sigma2']:g} "
                      f"({r['sigma2_est']:.2g}) | {r['epochs']}, {r['val']:.3f} "
                      f"({r['baseline']:.3f}) | {r['train_s']:.0f} | {r['err0']:.3f} | "
                      f"**{r['err1']:.3f}** | {r['half']:.1f} / {r['half05']:.1f} | "

@@ -49,6 +49,17 @@ year = {2012},
 doi = {10.1137/120863642}
 }
 
+@article{Zhao2014,
+title = {Rotationally Invariant Image Representation for Viewing Direction Classification in Cryo-EM},
+author = {Zhao, Zhizhen and Shkolnisky, Yoel and Singer, Amit},
+journal = {Journal of Structural Biology},
+volume = {186},
+number = {1},
+pages = {153--166},
+year = {2014},
+doi = {10.1016/j.jsb.2014.03.003}
+}
+
 @article{Singer2010,
 title = {Detecting consistent common lines in cryo-EM by voting},
 author = {Singer, Amit and Coifman, Ronald R. and Sigworth, Fred J. and Chester, David W. and Shkolnisky, Yoel},

@@ -77,7 +77,12 @@ class AbInitioSettings:
     self-training; ``n_neighbors``, ``n_random``, ``recovery_steps``: recovery;
     ``wiener_constant``: reconstructions; ``n_threads``: None = usable cores; ``seed``;
     ``volume_particles``, ``volume_epochs``, ``volume_image_size``: the model trained
-    from scratch on an initial volume when no model is given (``model_from_volume``).
+    from scratch on an initial volume when no model is given (``model_from_volume``);
+    ``common_lines_classes``: with neither a model nor an initial volume, the initial
+    volume is made from this many class averages of the loop's particles oriented by
+    common lines (``common_lines_map``, ASPIRE; 0: refuse instead); ``aspire_python``:
+    the interpreter of an environment with ASPIRE (None: found,
+    ``peer_aspire.find_aspire_python``).
     """
     diameter_A: float
     symmetry: str = "C1"
@@ -102,6 +107,8 @@ class AbInitioSettings:
     volume_particles: int = 2000
     volume_epochs: int = 25
     volume_image_size: int = 64
+    common_lines_classes: int = 200
+    aspire_python: str = None
 
 
 @dataclasses.dataclass
@@ -110,13 +117,15 @@ class AbInitioResult(HalfMapResult):
     stage) and ``iteration_volumes``: the subset's map after each iteration;
     ``best_iteration``; ``subset`` (indices); ``sigma2``: the estimated noise level;
     ``model``: the (possibly fine-tuned, or trained on the initial volume) Keras model,
-    ``model_meta``: its metadata (``model_io``)."""
+    ``model_meta``: its metadata (``model_io``); ``initial_volume``: the map the model was
+    trained on (given, or made by common lines), else None."""
     iteration_volumes: list
     best_iteration: int
     subset: np.ndarray
     sigma2: float
     model: object
     model_meta: dict = None
+    initial_volume: np.ndarray = None
 
 
 @dataclasses.dataclass
@@ -468,17 +477,41 @@ class AbInitio:
                     fine_tune_particles=int(s.fine_tune_particles))
 
     # ------------------------------------------------------------------ driver
-    def run(self):
-        if self.model is None and self.initial_volume is None:
+    def common_lines_volume(self, idx, workdir=None):
+        """Set ``self.initial_volume`` to a coarse map of particles ``idx`` made with no
+        reference: class averages oriented by common lines (``common_lines_map``, ASPIRE).
+        Returns a record for the history."""
+        from .common_lines_map import CommonLinesSettings, common_lines_map
+        s = self.settings
+        n_classes = int(min(s.common_lines_classes, len(idx)))
+        self.log(f"No model and no initial volume: a first map from {n_classes} class "
+                 f"averages of {len(idx)} particles oriented by common lines (ASPIRE)")
+        t0 = time.perf_counter()
+        vol, info = common_lines_map(
+            self.images[idx], self.pixel_size, s.diameter_A, ctf=self._ctf_of(idx),
+            settings=CommonLinesSettings(n_classes=n_classes, seed=s.seed),
+            python=s.aspire_python, workdir=workdir, log=self.log)
+        self.initial_volume = _checked_volume(vol, self.size)
+        self.common_lines_averages = info["averages"]
+        return dict(common_lines_seconds=time.perf_counter() - t0,
+                    common_lines_classes=n_classes)
+
+    def run(self, workdir=None):
+        """The whole run; ``workdir``: where a common-lines start leaves ASPIRE's files
+        (None: a temp folder)."""
+        s = self.settings
+        if self.model is None and self.initial_volume is None and not s.common_lines_classes:
             raise ValueError("Give a distance model, or an initial volume to train one on.")
         start = time.perf_counter()
-        s = self.settings
         subset = self._subset()
         self.sigma2 = estimate_noise_sigma2(self.images[subset[:2000]], self.diameter_px,
                                             s.max_shift)
         shifts_all = self.start_shifts()
-        extra = ({} if self.initial_volume is None
-                 else self.train_on_volume(shifts_all[subset]))
+        extra = {}
+        if self.model is None and self.initial_volume is None:
+            extra = self.common_lines_volume(subset, workdir)
+        if self.initial_volume is not None:
+            extra.update(self.train_on_volume(shifts_all[subset]))
         self.log(f"{len(subset)} of {self.m} particles in the loop; model grid: "
                  f"{self.grid.describe()}; estimated noise sigma^2 {self.sigma2:.3g}")
         refiner = self._refiner(subset)
@@ -520,7 +553,7 @@ class AbInitio:
         return AbInitioResult(
             history=list(self.history), iteration_volumes=volumes,
             best_iteration=best["iteration"], subset=subset, sigma2=self.sigma2,
-            model=self.model, model_meta=dict(self.meta),
+            model=self.model, model_meta=dict(self.meta), initial_volume=self.initial_volume,
             seconds=time.perf_counter() - start, **result)
 
     def _final(self, best, subset, shifts_all):
@@ -574,7 +607,7 @@ def _checked_volume(volume, size):
 
 
 def run_ab_initio(images, pixel_size, model, meta, settings, ctf=None, shifts=None,
-                  log=None, progress=None, initial_volume=None):
-    """``AbInitio(...).run()``: what protocols and benchmarks call."""
+                  log=None, progress=None, initial_volume=None, workdir=None):
+    """``AbInitio(...).run(workdir)``: what protocols and benchmarks call."""
     return AbInitio(images, pixel_size, model, meta, settings, ctf=ctf, shifts=shifts,
-                    log=log, progress=progress, initial_volume=initial_volume).run()
+                    log=log, progress=progress, initial_volume=initial_volume).run(workdir)

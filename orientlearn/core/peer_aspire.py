@@ -297,6 +297,36 @@ def _stream(proc, log, interval):
     return tail
 
 
+def run_script(python, args, workdir, log=None, progress_interval=10.0, expected=()):
+    """Run ``python args...`` with its cwd in ``workdir`` (ASPIRE writes ``logs/`` there),
+    streaming its output to ``log``. ``expected``: files it must write, the last one a JSON
+    info file, returned as a dict with ``wall_seconds`` (interpreter start and imports
+    included). Raises ``AspireUnavailable`` when ``python`` cannot start, ``RuntimeError``
+    with the output's tail when it fails or leaves an expected file unwritten."""
+    log = log or (lambda line: None)
+    t = time.perf_counter()
+    try:
+        proc = subprocess.Popen([python, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, cwd=workdir,
+                                env=_subprocess_env(python))
+    except OSError as err:
+        raise AspireUnavailable(f"could not start {python}: {err}") from err
+    with proc:
+        tail = _stream(proc, log, progress_interval)
+        rc = proc.wait()
+    missing = [p for p in expected if not os.path.exists(p)]
+    if rc != 0 or missing:
+        raise RuntimeError(f"ASPIRE run failed (exit {rc}"
+                           + (f"; not written: {', '.join(missing)}" if missing else "")
+                           + "):\n" + "\n".join(tail[-25:]))
+    info = {}
+    if expected:
+        with open(expected[-1]) as fh:
+            info = json.load(fh)
+    info["wall_seconds"] = time.perf_counter() - t
+    return info
+
+
 def run_aspire(python, images, pixel_size, n_theta=360, workdir=None, tag="", seed=None,
                log=None, progress_interval=10.0):
     """CLSyncVoting on ``images (N, S, S)`` in the ASPIRE environment of ``python``.
@@ -328,22 +358,8 @@ def run_aspire(python, images, pixel_size, n_theta=360, workdir=None, tag="", se
     cmd = [python, runner, *paths, repr(float(pixel_size)), str(int(n_theta))]
     if seed is not None:
         cmd.append(str(int(seed)))
-    log = log or (lambda line: None)
-    t = time.perf_counter()
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                cwd=workdir, env=_subprocess_env(python))
-    except OSError as err:
-        raise AspireUnavailable(f"could not start {python}: {err}") from err
-    with proc:
-        tail = _stream(proc, log, progress_interval)
-        rc = proc.wait()
-    wall = time.perf_counter() - t
-    if rc != 0 or not os.path.exists(paths[1]):
-        raise RuntimeError(f"ASPIRE run failed (exit {rc}):\n" + "\n".join(tail[-25:]))
-    with open(paths[2]) as fh:
-        info = json.load(fh)
-    info["wall_seconds"] = wall
+    info = run_script(python, cmd[1:], workdir, log=log, progress_interval=progress_interval,
+                      expected=paths[1:])
     rotations = np.load(paths[1])
     if rotations.shape != (len(images), 3, 3) or not np.all(np.isfinite(rotations)):
         raise RuntimeError(f"ASPIRE returned rotations of shape {rotations.shape} "

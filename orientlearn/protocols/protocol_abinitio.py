@@ -18,6 +18,7 @@ from .protocol_base import OrientLearnProtBase
 RESULT_FILE = "abinitio.npz"
 HISTORY_FILE = "abinitio_history.json"
 MODEL_FILE = "model_finetuned.keras"
+COMMON_LINES_MAP = "common_lines_map.mrc"
 HALF_ATTR = "_orientlearn_half"
 HAND_ATTR = "_orientlearn_hand"
 HAND_NOTE = ("undetermined: projections cannot tell a map from its mirror image; check the "
@@ -77,9 +78,11 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
                       help="A distance model from 'train distance' or 'import trained "
                            "model'. Empty: a model trained on the initial volume below when "
                            "one is given, else the generalist model shipped with "
-                           "orientlearn, when this installation has one. A model trained on "
-                           "projections of this very protein's final map is not ab initio "
-                           "(it needs the map).")
+                           "orientlearn when this installation has one, else a model "
+                           "trained on a first map made from the particles alone (class "
+                           "averages oriented by common lines, ASPIRE: see 'Class "
+                           "averages'). A model trained on projections of this very "
+                           "protein's final map is not ab initio (it needs the map).")
         form.addParam("initialVolume", params.PointerParam, pointerClass="Volume",
                       allowsNull=True, label="Initial volume (optional)",
                       help="A coarse map of the protein to start from: an initial model "
@@ -181,6 +184,19 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
                       help="The particles are Fourier-downsampled to this box for that "
                            "model when their box is larger (training time grows with the "
                            "pixels).")
+        form.addParam("commonLinesClasses", params.IntParam, default=200,
+                      validators=[params.GE(0)], expertLevel=params.LEVEL_ADVANCED,
+                      label="Class averages (no model, no map)",
+                      help="With neither a distance model nor an initial volume (and no "
+                           "shipped generalist), the first map is made from the particles "
+                           "in the loop alone: ASPIRE classifies them into views "
+                           "(rotationally invariant features, 10 particles per class), "
+                           "averages this many classes, orients the averages by common "
+                           "lines and the map is reconstructed from them, low-passed; a "
+                           "distance model is then trained on it as on an initial volume. "
+                           "Needs ASPIRE (pip install 'scipion-em-orientlearn[aspire]', or "
+                           "the plugin variable ORIENTLEARN_ASPIRE_PYTHON). 0: refuse to "
+                           "run without a model or a map.")
         form.addParam("nNeighbors", params.IntParam, default=32, validators=[params.GT(0)],
                       expertLevel=params.LEVEL_ADVANCED, label="Neighbours per particle",
                       help="Nearest neighbours in feature space linked to each particle in "
@@ -229,7 +245,19 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
             n_threads=self._threadCount(), seed=self.seed.get(),
             volume_particles=self.volumeParticles.get(),
             volume_epochs=self.volumeEpochs.get(),
-            volume_image_size=self.volumeImageSize.get())
+            volume_image_size=self.volumeImageSize.get(),
+            common_lines_classes=self.commonLinesClasses.get(),
+            aspire_python=self._aspirePython())
+
+    def _startsFromCommonLines(self):
+        return (self.initialVolume.get() is None and self.inputModel.get() is None
+                and shipped_generalist() is None)
+
+    def _aspirePython(self):
+        if not self._startsFromCommonLines():
+            return None
+        from .. import Plugin
+        return Plugin.getAspirePython()[0]
 
     def abInitioStep(self, signature=None):
         self._configureDevices()
@@ -247,6 +275,9 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
             self.info(f"Initial volume: {initial.getFileName()} "
                       f"({initial.getSamplingRate():.4g} A/px, resampled to {px:.4g} A/px, "
                       f"{images.shape[-1]} px); a distance model is trained on it.")
+        elif self._startsFromCommonLines():
+            start_map, model, meta = None, None, {}
+            path = "trained on a map of class averages oriented by common lines (ASPIRE)"
         else:
             start_map, path = None, self._modelPath()
             model, meta = model_io.load_distance_model(path)
@@ -257,13 +288,16 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
         res = abinitio.run_ab_initio(images, px, model, meta, self._settings(), ctf=ctf,
                                      shifts=shifts, log=self.info,
                                      progress=self._progress("Ab initio", "items"),
-                                     initial_volume=start_map)
+                                     initial_volume=start_map,
+                                     workdir=self._getTmpPath("common_lines"))
         for name, vol in (("volume.mrc", res.volume), ("half1.mrc", res.half_maps[0]),
                           ("half2.mrc", res.half_maps[1])):
             convert.write_volume(self._getExtraPath(name), vol, px)
         for k, vol in enumerate(res.iteration_volumes, start=1):
             convert.write_volume(self._getExtraPath(f"iteration_{k:02d}.mrc"), vol, px)
-        if initial is not None:
+        if start_map is None and res.initial_volume is not None:
+            convert.write_volume(self._getExtraPath(COMMON_LINES_MAP), res.initial_volume, px)
+        if res.initial_volume is not None:
             model_io.save_distance_model(res.model, self._getExtraPath(MODEL_FILE),
                                          dict(res.model_meta, trained_on=path))
         elif self.doFineTune and res.best_iteration > 1:
@@ -314,6 +348,11 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
         with open(path) as f:
             return json.load(f)
 
+    def getCommonLinesMap(self):
+        """Path of the first map made by class averages + common lines, or None."""
+        path = self._getExtraPath(COMMON_LINES_MAP)
+        return path if os.path.exists(path) else None
+
     def getIterationVolumes(self):
         """Paths of the subset's map after each iteration (extra/iteration_NN.mrc)."""
         paths, k = [], 1
@@ -335,11 +374,7 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
             errors += self._validateInitialVolume(initial)
         elif model is None:
             if shipped_generalist() is None:
-                errors.append("Distance model: this installation ships no generalist model "
-                              "yet, so a model or an initial volume is required: give a coarse "
-                              "initial volume (e.g. RELION's or cryoSPARC's initial model), or "
-                              "train a model ('train distance') or import one ('import "
-                              "trained model').")
+                errors += self._validateCommonLinesStart(parts)
         else:
             fn = model.getFileName()
             if not fn or not os.path.exists(fn):
@@ -369,6 +404,31 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
                 0 < self.numberOfParticles.get() < 40:
             errors.append(f"Particles in the loop: {self.numberOfParticles.get()} is too "
                           "few for two half maps; use at least 40 (or 0 for all).")
+        return errors
+
+    def _validateCommonLinesStart(self, parts):
+        """No model, no map, no generalist: the first map comes from class averages and
+        common lines, which need ASPIRE and enough particles."""
+        if not self.commonLinesClasses.get():
+            return ["Distance model: this installation ships no generalist model and "
+                    "'Class averages' is 0, so a model or an initial volume is required: "
+                    "give a coarse initial volume (e.g. RELION's or cryoSPARC's initial "
+                    "model), or train a model ('train distance') or import one ('import "
+                    "trained model')."]
+        from .. import Plugin
+        python, why = Plugin.getAspirePython()
+        errors = []
+        if python is None:
+            errors.append("Without a distance model or an initial volume the first map is "
+                          "made by class averages and common lines, which need ASPIRE. "
+                          + why + " Or give a distance model or an initial volume.")
+        n_loop = self.numberOfParticles.get() or (parts.getSize() if parts else 0)
+        if parts is not None and parts.getSize():
+            n_loop = min(n_loop, parts.getSize())
+            if n_loop < 2 * self.commonLinesClasses.get():
+                errors.append(f"Class averages: {self.commonLinesClasses.get()} averages of "
+                              f"{n_loop} particles in the loop leave under 2 particles per "
+                              "class; use more particles or fewer averages.")
         return errors
 
     def _validateInitialVolume(self, volume):
@@ -429,6 +489,10 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
         if self.initialVolume.get() is not None:
             text += (" trained on projections of a coarse initial volume simulated like the "
                      "particles")
+        elif self._startsFromCommonLines():
+            text += (" trained on projections, simulated like the particles, of a first map "
+                     "reconstructed from 2-D class averages oriented by common lines "
+                     "(ASPIRE [Zhao2014, Shkolnisky2012])")
         if self.doRefine:
             text += (", then refined locally with the offsets against two independent half "
                      "maps (gold standard [Henderson2012])")
@@ -440,6 +504,8 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
 
     def _citations(self):
         cites = ["Banjac2021"]
+        if self._startsFromCommonLines():
+            cites += ["Zhao2014", "Shkolnisky2012"]
         if self.doRefine:
             cites += ["Henderson2012", "Rosenthal2003"]
         return cites

@@ -6,6 +6,7 @@ minute); the particles are new projections of 5j0n at 32 px with CTF and offsets
 """
 import json
 import os
+from unittest import mock
 
 import mrcfile
 import numpy as np
@@ -15,6 +16,7 @@ from pyworkflow.tests import BaseTest, setupTestProject
 
 import orientlearn
 from orientlearn import convert
+from orientlearn.constants import ORIENTLEARN_ASPIRE_PYTHON
 from orientlearn.protocols import (
     OrientLearnProtAbInitio,
     OrientLearnProtSimulate,
@@ -123,7 +125,8 @@ class TestOrientLearnAbInitioRefusals(BaseTest):
         box_A = self.parts.getXDim() * self.parts.getSamplingRate()
         prot = self.newProtocol(OrientLearnProtAbInitio, inputParticles=self.parts,
                                 particleDiameter=1.5 * box_A, maxShift=20.0,
-                                numberOfParticles=10, symmetryGroup="C0")
+                                numberOfParticles=10, symmetryGroup="C0",
+                                commonLinesClasses=0)
         errors = prot.validate()
         for words in ("ships no generalist model", "larger than the box", "Offset range",
                       "too few"):
@@ -131,3 +134,11 @@ class TestOrientLearnAbInitioRefusals(BaseTest):
         self.assertTrue(any("C0" in e or "symmetry" in e.lower() for e in errors), errors)
         prot = self.newProtocol(OrientLearnProtAbInitio, inputParticles=self.parts)
         self.assertTrue(any("Particle diameter" in e for e in prot.validate()))
+        # No model, no map: the common-lines start needs ASPIRE and 2 particles per class.
+        missing = os.path.join(self.getOutputPath(), "nowhere", "bin", "python")
+        with mock.patch.dict(os.environ, {ORIENTLEARN_ASPIRE_PYTHON: missing}):
+            prot = self.newProtocol(OrientLearnProtAbInitio, inputParticles=self.parts,
+                                    particleDiameter=0.5 * box_A, commonLinesClasses=40)
+            errors = prot.validate()
+        for words in ("need ASPIRE", "peer_aspire create", "under 2 particles per class"):
+            self.assertTrue(any(words in e for e in errors), (words, errors))

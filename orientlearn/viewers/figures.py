@@ -89,12 +89,18 @@ def _compare_figures(prot):
 
 
 def _abinitio_figures(prot):
-    """Per iteration: the subset's map (central slices); the half-map FSC of every stage;
+    """The first map when it came from common lines; per iteration: the subset's map
+    (central slices); the half-map FSC of every stage;
     resolution and orientation movement per stage; the final map and angular
     distribution."""
     from ..convert import clean_path, particle_orientations
     from ..core.volumes import read_volume
     figs = {}
+    start = prot.getCommonLinesMap()
+    if start:
+        vol, _ = read_volume(start, cube=False)
+        figs["common_lines_map_slices"] = plots.plot_central_slices(
+            vol, title="First map: class averages + common lines")
     for k, path in enumerate(prot.getIterationVolumes(), start=1):
         vol, _ = read_volume(path, cube=False)
         figs[f"iteration_{k:02d}_slices"] = plots.plot_central_slices(
