@@ -36,7 +36,11 @@ def shipped_generalist():
 class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
     """Ab initio: orientations, offsets and an initial map from particles alone.
 
-    On a random subset of the particles (as cryoSPARC's ab initio does): the particles
+    With neither a distance model nor an initial volume, the first map comes from the
+    particles alone: 2-D class averages oriented by common lines (ASPIRE), reconstructed
+    and low-passed; a distance model is trained on its projections simulated like the
+    data (as for an initial volume). Then, on a random subset of the particles (as
+    cryoSPARC's ab initio does): the particles
     are centred without a reference, oriented with a distance model (embeddings under
     the exact detector transforms, then recovery from the estimated distances), two
     half maps are reconstructed from disjoint halves, and orientations and offsets are
