@@ -38,7 +38,8 @@ IMAGES_FILE, AVERAGES_FILE, ROTATIONS_FILE, INFO_FILE, RUNNER_FILE = (
 
 #: Runs inside the ASPIRE environment:
 #: ``runner particles.npy averages.npy rotations.npy info.json pixel_size n_classes n_nbor
-#: n_theta seed``. One line per stage; ASPIRE's own log lines come too.
+#: n_theta seed fspca_components bispectrum_components``. One line per stage; ASPIRE's
+#: own log lines come too.
 RUNNER = r'''
 import json, sys, time
 t0 = time.perf_counter()
@@ -54,7 +55,7 @@ from aspire.denoising import DebugClassAvgSource
 from aspire.source import ArrayImageSource
 
 (images_path, averages_path, rotations_path, info_path, pixel_size, n_classes, n_nbor,
- n_theta, seed) = sys.argv[1:10]
+ n_theta, seed, n_fspca, n_bispectrum) = sys.argv[1:12]
 n_classes, n_nbor, n_theta, seed = int(n_classes), int(n_nbor), int(n_theta), int(seed)
 np.random.seed(seed)
 images = np.load(images_path)
@@ -72,8 +73,8 @@ def stage(k, name, fn):
     say(f"Stage {k}/3: {name} done in {stages[-1][1]:.1f} s")
     return out
 
-classifier = RIRClass2D(src, fspca_components=min(400, size * size // 4),
-                        bispectrum_components=min(300, size * size // 8), n_nbor=n_nbor,
+classifier = RIRClass2D(src, fspca_components=int(n_fspca),
+                        bispectrum_components=int(n_bispectrum), n_nbor=n_nbor,
                         large_pca_implementation="legacy", nn_implementation="legacy",
                         bispectrum_implementation="legacy", seed=seed)
 averages_src = DebugClassAvgSource(src, n_nbor=n_nbor, classifier=classifier)
@@ -112,6 +113,19 @@ class CommonLinesSettings:
     seed: int = 0
 
 
+def feature_counts(size):
+    """``(FSPCA components, bispectrum components)`` of the 2-D classification of
+    ``size`` px images: ASPIRE's defaults (400, 300), fewer for small images (the basis has
+    about ``size^2 / 2`` coefficients)."""
+    return min(400, size * size // 4), min(300, size * size // 8)
+
+
+def min_particles(n_classes, size):
+    """Fewest particles the classification takes: one per class, and at least as many
+    as bispectrum components (ASPIRE's PCA of them)."""
+    return max(3, int(n_classes), feature_counts(size)[1])
+
+
 def _prepare(images, pixel_size, ctf, size):
     """Phase-flipped (when ``ctf``) and downsampled particles; their pixel size (A)."""
     from .generalist import phase_flip
@@ -147,15 +161,17 @@ def common_lines_map(images, pixel_size, diameter_A, ctf=None, settings=None, py
     s = settings or CommonLinesSettings()
     log = log or (lambda line: None)
     m, n_box = len(images), np.shape(images)[-1]
-    if m < max(3, s.n_classes):
-        raise ValueError(f"{s.n_classes} class averages need at least {s.n_classes} "
-                         f"particles; got {m}. Lower the number of classes.")
+    size = min(int(s.image_size), n_box)
+    need = min_particles(s.n_classes, size)
+    if m < need:
+        raise ValueError(f"{s.n_classes} class averages of {size} px particles need at least "
+                         f"{need} particles; got {m}. Use more particles (or fewer classes).")
     if python is None:
         python, why = peer_aspire.find_aspire_python(
             os.environ.get(peer_aspire.ASPIRE_PYTHON_VAR))
         if python is None:
             raise peer_aspire.AspireUnavailable(why)
-    small, small_px = _prepare(images, pixel_size, ctf, min(int(s.image_size), n_box))
+    small, small_px = _prepare(images, pixel_size, ctf, size)
     workdir = os.path.abspath(workdir or tempfile.mkdtemp(prefix="orientlearn-classavg-"))
     os.makedirs(workdir, exist_ok=True)
     paths = [os.path.join(workdir, name) for name in
@@ -171,7 +187,8 @@ def common_lines_map(images, pixel_size, diameter_A, ctf=None, settings=None, py
         f"{small.shape[-1]} px ({small_px:.3g} A/px)")
     info = peer_aspire.run_script(
         python, [runner, *paths, repr(small_px), str(int(s.n_classes)), str(int(s.n_nbor)),
-                 str(int(s.n_theta)), str(int(s.seed))], workdir, log=log, expected=paths[1:])
+                 str(int(s.n_theta)), str(int(s.seed)), *map(str, feature_counts(size))],
+        workdir, log=log, expected=paths[1:])
     averages, rotations = np.load(paths[1]), np.load(paths[2])
     if rotations.shape != (len(averages), 3, 3) or not np.all(np.isfinite(rotations)):
         raise RuntimeError(f"ASPIRE returned rotations of shape {rotations.shape} for "

@@ -426,13 +426,19 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
             errors.append("Without a distance model or an initial volume the first map is "
                           "made by class averages and common lines, which need ASPIRE. "
                           + why + " Or give a distance model or an initial volume.")
-        n_loop = self.numberOfParticles.get() or (parts.getSize() if parts else 0)
         if parts is not None and parts.getSize():
-            n_loop = min(n_loop, parts.getSize())
-            if n_loop < 2 * self.commonLinesClasses.get():
-                errors.append(f"Class averages: {self.commonLinesClasses.get()} averages of "
-                              f"{n_loop} particles in the loop leave under 2 particles per "
-                              "class; use more particles or fewer averages.")
+            from ..core.common_lines_map import CommonLinesSettings, min_particles
+            n_loop = min(self.numberOfParticles.get() or parts.getSize(), parts.getSize())
+            classes = self.commonLinesClasses.get()
+            size = min(CommonLinesSettings.image_size, parts.getXDim() or 0)
+            if n_loop < 2 * classes:
+                errors.append(f"Class averages: {classes} averages of {n_loop} particles "
+                              "in the loop leave under 2 particles per class; use more "
+                              "particles or fewer averages.")
+            elif n_loop < min_particles(classes, size):
+                errors.append(f"Class averages: the 2-D classification of {size} px "
+                              f"particles needs at least {min_particles(classes, size)} "
+                              f"particles in the loop; there are {n_loop}.")
         return errors
 
     def _validateInitialVolume(self, volume):

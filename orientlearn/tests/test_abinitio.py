@@ -102,6 +102,11 @@ def test_initial_volume_must_be_on_the_particles_grid(small_map):
     with pytest.raises(ValueError, match="constant"):
         abinitio.AbInitio(images, px, None, None, settings, initial_volume=0 * vol)
     with pytest.raises(ValueError, match="initial volume"):
+        abinitio.AbInitio(images, px, None, None,
+                          abinitio.AbInitioSettings(diameter_A=280.0, common_lines_classes=0)
+                          ).run()
+    # Neither a model nor a map: the common-lines start refuses 8 particles before ASPIRE.
+    with pytest.raises(ValueError, match="need at least 128 particles"):
         abinitio.AbInitio(images, px, None, None, settings).run()
 
 

@@ -44,7 +44,7 @@ def particles():
 
 def test_refusals(particles, tmp_path):
     sim, px = particles
-    with pytest.raises(ValueError, match="at least 200 particles"):
+    with pytest.raises(ValueError, match="need at least 200 particles"):
         common_lines_map.common_lines_map(sim["images"][:50], px, DIAMETER_A)
     missing = str(tmp_path / "nowhere" / "bin" / "python")
     with mock.patch.dict(os.environ, {peer_aspire.ASPIRE_PYTHON_VAR: missing}):
