@@ -161,6 +161,15 @@ class Ours:
                              f"images here are {size} px (--size)")
         self.transforms = pipeline.detector_transforms()
 
+    @property
+    def meta(self):
+        """The model's metadata (``model_io``: sigma2, head, image size...)."""
+        return self.model.metadata
+
+    @property
+    def head(self):
+        return self.model.head
+
     def embed(self, images):
         # The images are on the model's grid already: its own pixel size.
         source = ArraySource(images, self.model.pixel_size or 1.0)

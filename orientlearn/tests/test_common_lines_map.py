@@ -19,7 +19,8 @@ from orientlearn.tests.unittest_bridge import pytest_load_tests
 
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
-MAP = "orientlearn/data/5j0n.mrc"
+MAP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                   "5j0n.mrc")
 DIAMETER_A = 280.0
 
 
