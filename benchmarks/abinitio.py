@@ -77,7 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--no-model", action="store_true",
                    help="no model and no map: start from class averages + common lines")
     p.add_argument("--classes", type=int, default=200, help="with --no-model")
-    p.add_argument("--volume-epochs", type=int, default=25,
+    p.add_argument("--volume-epochs", type=int, default=60,
                    help="with --no-model: epochs of the model trained on the first map")
     p.add_argument("--train-n", type=int, default=3000)
     p.add_argument("--train-epochs", type=int, default=20)

@@ -177,11 +177,12 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
                       label="Initial-volume training particles",
                       help="Projections of the initial volume simulated to train the model "
                            "on (when an initial volume is given).")
-        form.addParam("volumeEpochs", params.IntParam, default=25, validators=[params.GT(0)],
+        form.addParam("volumeEpochs", params.IntParam, default=60, validators=[params.GT(0)],
                       expertLevel=params.LEVEL_ADVANCED, label="Initial-volume training epochs",
                       help="Training epochs of that model (the best validation weights are "
-                           "kept). About 30 s each for 2,000 particles at 64 px on one CPU "
-                           "core.")
+                           "kept). About 18 s each for 2,000 particles at 64 px on 2 CPU "
+                           "cores. At SNR 1/16, 25 epochs left the model on its plateau "
+                           "where 60 trained it (README, 'starting with no map').")
         form.addParam("volumeImageSize", params.IntParam, default=64,
                       validators=[params.GE(16)], expertLevel=params.LEVEL_ADVANCED,
                       label="Initial-volume model box (px)",
