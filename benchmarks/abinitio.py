@@ -36,18 +36,17 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
-import numpy as np  # noqa: E402
 
-from orientlearn.benchmarking import BenchmarkRun, write_report  # noqa: E402
+from orientlearn.benchmarking import (  # noqa: E402
+    BenchmarkRun,
+    ctf_stack,
+    score_against_truth,
+    write_report,
+)
 from orientlearn.core import (  # noqa: E402
     abinitio,
-    alignment,
-    ctf,
-    fsc,
-    geometry,
     image_ops,
     model_io,
-    reconstruction,
     simulation,
     training,
     volumes,
@@ -125,25 +124,10 @@ def same_protein_model(vol, px, args, log):
                          "ab initio")
 
 
-def ctf_images(params, size, px):
-    keys = ("defocus_u", "defocus_v", "astig_angle")
-    return ctf.ctf_2d_batch(size, px, *(params[k] for k in keys),
-                            **{k: v for k, v in params.items() if k not in keys})
-
-
 def score(images, px, ctfs, q, shifts, sim, vol, mask_radius):
     """Errors against the truth and FSC0.5 of the truth-aligned reconstruction."""
-    _, q_al = alignment.align_rotation_handedness(sim["quaternions"], q)
-    err = alignment.orientation_errors(sim["quaternions"], q_al)
-    c, shift_err = alignment.fit_frame_translation(q, shifts, sim["shifts"])
-    R_est = geometry.quaternion_to_matrix(q)
-    shifts_true_frame = shifts - np.einsum("mij,j->mi", R_est[:, :2, :], c)
-    rec = reconstruction.reconstruct_fourier(images, geometry.quaternion_to_matrix(q_al),
-                                             shifts=shifts_true_frame, ctfs=ctfs,
-                                             mask_radius=mask_radius)
-    freq, values, _ = fsc.fsc_with_handedness(rec, vol, px)
-    return dict(median_error=float(np.median(err)), median_shift_error=float(np.median(shift_err)),
-                fsc05=float(fsc.resolution_at(freq, values, 0.5)))
+    return score_against_truth(images, px, ctfs, q, shifts, sim["quaternions"],
+                               sim["shifts"], vol, mask_radius)
 
 
 def save_figures(folder, tag, res, px):
@@ -176,7 +160,7 @@ def main(argv=None):
     sim["images"] = image_ops.downsample(sim["images"], args.size)
     sim["shifts"] = sim["shifts"] * args.size / args.box
     images, params = sim["images"], sim["ctf"]
-    ctfs = ctf_images(params, args.size, px)
+    ctfs = ctf_stack(params, args.size, px)
     diameter_A = args.diameter
     mask_radius = min(args.size / 2 - 2, diameter_A / px / 2 + 4)
     t = time.perf_counter()

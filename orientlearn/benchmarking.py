@@ -243,6 +243,39 @@ def simulate_like_paper(args, sigma2, true_map, pixel_size, with_clean=False):
     return to_net(sim["images"]), sim["quaternions"], clean, sim
 
 
+def ctf_stack(params, size, pixel_size):
+    """CTF images ``(M, size, size)`` (``np.fft.fft2`` layout) of per-particle CTF
+    parameters ``params`` (``simulate_particles``' ``ctf``)."""
+    from .core import ctf
+    keys = ("defocus_u", "defocus_v", "astig_angle")
+    return ctf.ctf_2d_batch(size, pixel_size, *(params[k] for k in keys),
+                            **{k: v for k, v in params.items() if k not in keys})
+
+
+def score_against_truth(images, pixel_size, ctfs, q, shifts, q_true, shifts_true, true_map,
+                        mask_radius):
+    """How far estimated orientations ``q (M, 4)`` and offsets ``shifts (M, 2)`` px are
+    from the simulation's truth, using the truth only to score: the median orientation
+    error after the best global rotation and hand, the median offset error after the best
+    frame translation (a map's origin is arbitrary), and FSC 0.5 (A) against
+    ``true_map`` of the reconstruction with the aligned orientations and offsets (best
+    hand). Returns a dict ``median_error``, ``mean_error`` (rad), ``median_shift_error``
+    (px), ``fsc05`` (A)."""
+    from .core import alignment, fsc, reconstruction
+    _, q_al = alignment.align_rotation_handedness(q_true, q)
+    err = alignment.orientation_errors(q_true, q_al)
+    c, shift_err = alignment.fit_frame_translation(q, shifts, shifts_true)
+    rot = geometry.quaternion_to_matrix(q)
+    shifts_true_frame = shifts - np.einsum("mij,j->mi", rot[:, :2, :], c)
+    rec = reconstruction.reconstruct_fourier(images, geometry.quaternion_to_matrix(q_al),
+                                             shifts=shifts_true_frame, ctfs=ctfs,
+                                             mask_radius=mask_radius)
+    freq, values, _ = fsc.fsc_with_handedness(rec, true_map, pixel_size)
+    return dict(median_error=float(np.median(err)), mean_error=float(np.mean(err)),
+                median_shift_error=float(np.median(shift_err)),
+                fsc05=float(fsc.resolution_at(freq, values, 0.5)))
+
+
 def quaternion_features(q, transforms, dtype=np.float64):
     """Synthetic per-transform features ``(K, N, 16)`` of orientations ``q`` ``(N, 4)``
     under the image-side transforms ``transforms`` ``(K, 4)``, whose angles are a monotone

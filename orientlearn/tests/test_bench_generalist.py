@@ -24,3 +24,19 @@ def test_generalist_and_unseen_smoke(tmp_path):
     rows = [line for line in report.splitlines() if line.startswith("| adk_open")]
     assert len(rows) == 1 and "generalist, trained on 3 dssp chains" in rows[0]
     assert "- command: python benchmarks/unseen.py --smoke" in report
+
+
+@pytest.mark.slow
+def test_unseen_abinitio_smoke(tmp_path):
+    pytest.importorskip("aspire")
+    report = run_benchmark_script("unseen.py", "--abinitio", "--out", tmp_path / "a.md",
+                                  timeout=600)
+    rows = [line for line in report.splitlines() if line.startswith("| adk_open")]
+    assert len(rows) == 1, report
+    cells = [c.strip(" *") for c in rows[0].split("|")[1:-1]]
+    pixel_size = float(cells[0].split(",")[1].split("A/px")[0])
+    ours_fsc, truth_fsc = float(cells[5]), float(cells[6])
+    # The scorer: the true orientations and offsets reach Nyquist (2 px) on clean particles,
+    # and nothing estimated beats them.
+    assert truth_fsc < 2.5 * pixel_size and ours_fsc >= truth_fsc, cells
+    assert "no model, no map" in report
