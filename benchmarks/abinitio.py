@@ -194,14 +194,14 @@ def main(argv=None):
             common_lines_classes=args.classes, volume_epochs=args.volume_epochs, **levers)
         t = time.perf_counter()
         res = abinitio.run_ab_initio(images, px, model, meta, settings, ctf=params, log=log)
+        seconds = time.perf_counter() - t
+        if args.figures:
+            tag = name.strip("+ ").replace(" + ", "_").replace(" ", "_")
+            save_figures(args.figures, ("nomap_" if args.no_model else "") + tag, res, px)
         if args.no_model:
             first = res.history[0]
             name = (f"{name} (common lines {first['common_lines_seconds']:.0f} s, model "
                     f"{first['volume_training_seconds']:.0f} s)")
-        seconds = time.perf_counter() - t
-        if args.figures:
-            tag = name.strip("+ ").replace(" + ", "_").replace(" ", "_")
-            save_figures(args.figures, tag, res, px)
         rows.append((name, score(images, px, ctfs, res.quaternions, res.shifts, sim, vol,
                                  mask_radius), res, seconds))
         log(f"{name}: {rows[-1][1]}, half-map FSC0.143 {res.resolution:.1f} A, {seconds:.0f} s")
