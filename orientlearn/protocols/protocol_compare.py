@@ -29,7 +29,9 @@ class OrientLearnProtCompare(OrientLearnProtBase, ProtAnalysis3D):
     parts. The output is a copy of the first set with its orientations expressed in the
     reference's frame (rotation + handedness), each particle carrying its errors, so the
     worst particles can be subset and the aligned set reconstructed and compared with a
-    reference map.
+    reference map. Offsets are compared too: a map's origin is arbitrary, so the 3-D
+    translation between the two frames is fitted first (``alignment.fit_frame_translation``)
+    and the output's offsets are moved into the reference's frame with it.
     """
     _label = "compare orientations"
     _devStatus = PROD
@@ -73,26 +75,38 @@ class OrientLearnProtCompare(OrientLearnProtBase, ProtAnalysis3D):
         self._insertFunctionStep(self.createOutputStep, signature, needsGPU=False)
 
     def _matched(self):
-        ids_e, q_e, sh_e = convert.particle_orientations(self.inputParticles.get())
-        ids_r, q_r, _ = convert.particle_orientations(self.referenceParticles.get())
+        """``(ids, q_est, q_ref, shifts_est, shifts_ref)`` of the particles both sets have;
+        offsets in px of the evaluated set."""
+        parts, ref = self.inputParticles.get(), self.referenceParticles.get()
+        ids_e, q_e, sh_e = convert.particle_orientations(parts)
+        ids_r, q_r, sh_r = convert.particle_orientations(ref)
+        sh_r = sh_r * ref.getSamplingRate() / parts.getSamplingRate()
         common, ie, ir = np.intersect1d(ids_e, ids_r, return_indices=True)
-        return common, q_e[ie], q_r[ir], sh_e[ie]
+        return common, q_e[ie], q_r[ir], sh_e[ie], sh_r[ir]
 
     def compareStep(self, signature=None):
-        from ..core.alignment import compare_orientations
-        ids, q_est, q_ref, _ = self._matched()
+        from ..core.alignment import compare_orientations, fit_frame_translation
+        ids, q_est, q_ref, sh_est, sh_ref = self._matched()
         self.info(f"Comparing {len(ids)} particles matched by id.")
         res = compare_orientations(q_ref, q_est, symmetry=self.symmetryGroup.get())
+        frame, shift_errors = fit_frame_translation(q_est, sh_est, sh_ref)
         scalars = {k: float(v) for k, v in res.items()
                    if np.isscalar(v) and not isinstance(v, str)}
         scalars["rot_flipped"] = bool(res["rot_flipped"])
         scalars["n_particles"] = int(len(ids))
+        scalars.update(shift_median=float(np.median(shift_errors)),
+                       shift_mean=float(np.mean(shift_errors)),
+                       frame_translation=[float(v) for v in frame])
         if self._hasMaps():
             scalars.update(self._compareMaps())
         with open(self._getExtraPath(RESULT_FILE), "w") as f:
             json.dump(scalars, f, indent=1)
+        # Offsets in the reference's frame: the estimated map's origin moved by ``frame``.
+        rot = geometry.quaternion_to_matrix(q_est)
+        sh_aligned = sh_est - np.einsum("mij,j->mi", rot[:, :2, :], frame)
         np.savez(self._getExtraPath(ERRORS_FILE), ids=ids, o4_errors=res["o4_errors"],
                  rot_errors=res["rot_errors"], rot_aligned=res["rot_aligned"],
+                 shift_errors=shift_errors, shifts_aligned=sh_aligned,
                  rot_viewing_direction=res["rot_viewing_direction"],
                  rot_in_plane=res["rot_in_plane"])
         for line in self.getTable():
@@ -134,14 +148,14 @@ class OrientLearnProtCompare(OrientLearnProtBase, ProtAnalysis3D):
         out = self._createSetOfParticles()
         out.copyInfo(parts)
         out.setAlignmentProj()
-        _, _, shifts = convert.particle_orientations(parts)
         row = {int(i): k for k, i in enumerate(data["ids"])}
-        for p, sh, ok in zip(parts.iterItems(orderBy="id"), shifts, keep):
+        for p, ok in zip(parts.iterItems(orderBy="id"), keep):
             if not ok:
                 continue
             k = row[p.getObjId()]
             q = p.clone()
-            convert.set_particle_orientation(q, data["rot_aligned"][k], sh)
+            convert.set_particle_orientation(q, data["rot_aligned"][k],
+                                             data["shifts_aligned"][k])
             setattr(q, ERROR_ATTR, pwobj.Float(float(data["rot_errors"][k])))
             setattr(q, ERROR_O4_ATTR, pwobj.Float(float(data["o4_errors"][k])))
             out.append(q)
@@ -170,6 +184,11 @@ class OrientLearnProtCompare(OrientLearnProtBase, ProtAnalysis3D):
         lines.append(f"viewing direction / in-plane median (rotation+handedness): "
                      f"{np.degrees(r['rot_viewing_direction_median']):.1f}° / "
                      f"{np.degrees(r['rot_in_plane_median']):.1f}°")
+        if "shift_median" in r:
+            c = r["frame_translation"]
+            lines.append(f"offsets: median error {r['shift_median']:.2f} px, mean "
+                         f"{r['shift_mean']:.2f} px after the best frame translation "
+                         f"({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) px")
         lines.append(f"unrelated orientations would give mean {r['random_mean']:.3f} rad, "
                      f"median {r['random_median']:.3f} rad"
                      + ("; handedness flipped" if r.get("rot_flipped") else ""))

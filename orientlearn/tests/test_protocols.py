@@ -162,6 +162,14 @@ class TestOrientLearnWorkflow(BaseTest):
         # O(4) has more freedom than rotation + handedness: its error cannot be larger.
         self.assertLessEqual(res["o4_mean"], res["rot_mean"] + 1e-6)
         self.assertTrue(hasattr(cmp_.outputParticles.getFirstItem(), ERROR_ATTR))
+        # Recover keeps the input offsets (here the true ones): no frame translation, no
+        # offset error, and the output's offsets are the reference's.
+        self.assertLess(res["shift_median"], 1e-6)
+        self.assertLess(np.abs(res["frame_translation"]).max(), 1e-6)
+        _, _, shifts_cmp = convert.particle_orientations(cmp_.outputParticles)
+        np.testing.assert_allclose(shifts_cmp, shifts_in, atol=1e-6)
+        self.assertTrue(any(line.startswith("offsets: median error") for line in
+                            cmp_.getTable()))
 
         recon = self.newProtocol(OrientLearnProtReconstruct,
                                  inputParticles=cmp_.outputParticles,
