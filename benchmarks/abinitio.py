@@ -78,6 +78,8 @@ def parse_args(argv=None):
     p.add_argument("--classes", type=int, default=200, help="with --no-model")
     p.add_argument("--volume-epochs", type=int, default=60,
                    help="with --no-model: epochs of the model trained on the first map")
+    p.add_argument("--volume-image-size", type=int, default=64,
+                   help="with --no-model: box (px) that model is trained at")
     p.add_argument("--train-n", type=int, default=3000)
     p.add_argument("--train-epochs", type=int, default=20)
     p.add_argument("--train-steps", type=int, default=0, help="steps per epoch (0: auto)")
@@ -168,7 +170,8 @@ def main(argv=None):
         model, meta, train_s = None, None, 0.0
         label = (f"NONE, true ab initio: {args.classes} class averages oriented by common "
                  "lines (ASPIRE) -> first map -> a model trained on it "
-                 f"({args.volume_epochs} epochs; inside run_ab_initio, so in its time)")
+                 f"({args.volume_epochs} epochs at {args.volume_image_size} px; inside "
+                 "run_ab_initio, so in its time)")
     elif args.model:
         model, meta = model_io.load_distance_model(args.model)
         meta.setdefault("image_size", model.input_shape[1])
@@ -191,7 +194,8 @@ def main(argv=None):
             refine_iterations=args.refine_iterations,
             fine_tune_particles=args.fine_tune_particles,
             fine_tune_epochs=args.fine_tune_epochs, n_threads=args.threads, seed=args.seed,
-            common_lines_classes=args.classes, volume_epochs=args.volume_epochs, **levers)
+            common_lines_classes=args.classes, volume_epochs=args.volume_epochs,
+            volume_image_size=args.volume_image_size, **levers)
         t = time.perf_counter()
         res = abinitio.run_ab_initio(images, px, model, meta, settings, ctf=params, log=log)
         seconds = time.perf_counter() - t
