@@ -31,7 +31,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from orientlearn.benchmarking import BenchmarkRun, volume_at_size, write_report  # noqa: E402
+from orientlearn.benchmarking import (  # noqa: E402
+    ATOMIC_TEST_PROTEINS,
+    BenchmarkRun,
+    unseen_protein_maps,
+    volume_at_size,
+    write_report,
+)
 from orientlearn.core import (  # noqa: E402
     abinitio,
     alignment,
@@ -49,7 +55,13 @@ MAPS = {"true": (None, False), "15": (15.0, False), "25": (25.0, False),
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=64, help="particle box (px)")
-    p.add_argument("--diameter", type=float, default=260.0, help="particle diameter (A)")
+    p.add_argument("--protein", default="5j0n",
+                   choices=["5j0n", *(f.split(".")[0] for f in ATOMIC_TEST_PROTEINS)],
+                   help="5j0n: the bundled map; else an atomic model of the unseen-protein "
+                        "benchmark (benchmarks/unseen.py: its diameter half the box; needs "
+                        "the benchmarks extra)")
+    p.add_argument("--diameter", type=float, default=None,
+                   help="particle diameter (A; default: 260 for 5j0n, the atomic model's)")
     p.add_argument("--maps", nargs="+", default=list(MAPS), choices=list(MAPS))
     p.add_argument("--sigma2", type=float, nargs="+", default=[0.0], help="test noise")
     p.add_argument("--n-test", type=int, default=1000, help="test particles (true map)")
@@ -165,7 +177,8 @@ def run_row(name, sigma2, true_map, px, test, args, log):
 
 def report(rows, args, px, run):
     smoke = "[SMOKE RUN: tiny settings, the numbers mean nothing] " if args.smoke else ""
-    lines = [f"### {smoke}Bootstrap from a coarse map: 5j0n, models trained from scratch on "
+    lines = [f"### {smoke}Bootstrap from a coarse map: {args.protein} ({args.diameter:.0f} A), "
+             "models trained from scratch on "
              f"{args.train_n} projections of the start map ({args.size} px, {px:.2f} A/px, "
              f"{args.train_epochs} epochs, best kept), tested on {args.n_test} particles of the "
              f"TRUE map (CTF, offsets <= {args.max_shift:g} px)", "",
@@ -206,7 +219,12 @@ def main(argv=None):
     def log(line):
         print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
-    true_map, px = volume_at_size(args.size)
+    if args.protein == "5j0n":
+        true_map, px = volume_at_size(args.size)
+        args.diameter = args.diameter or 260.0
+    else:
+        _, true_map, px, diameter = unseen_protein_maps(args.size, [args.protein])[0]
+        args.diameter = args.diameter or diameter
     rows = []
     for sigma2 in args.sigma2:
         # Test particles: other seeds than the training ones (model_from_volume's seed + 1).

@@ -27,59 +27,20 @@ import argparse
 import os
 import time
 
-import numpy as np
-
-from orientlearn.benchmarking import MAP_PATH as MAP_5J0N
 from orientlearn.benchmarking import (
     BenchmarkRun,
     ctf_stack,
     score_against_truth,
+    unseen_protein_maps,
     write_report,
 )
 from orientlearn.core import (
     abinitio,
     alignment,
-    atoms,
     generalist,
     model_io,
     simulation,
-    volumes,
 )
-
-ATOMIC_TEST_PROTEINS = ("adk_open.pdb", "1osm.pdb.gz", "1a28.pdb.gz", "19hc.pdb.gz",
-                        "4E43.pdb", "1hvr.pdb")
-
-
-def mdanalysis_data():
-    import MDAnalysisTests
-    return os.path.join(os.path.dirname(MDAnalysisTests.__file__), "data")
-
-
-def support_diameter_A(volume, voxel_size, rel=0.05):
-    """Diameter (A) of the sphere about the box centre holding the voxels above ``rel``
-    of the maximum: what a user reads off a map to set the mask diameter."""
-    n = volume.shape[0]
-    z, y, x = np.nonzero(volume > rel * volume.max())
-    r = np.sqrt((z - n // 2) ** 2 + (y - n // 2) ** 2 + (x - n // 2) ** 2).max()
-    return 2.0 * (r + 0.5) * voxel_size
-
-
-def test_maps(user_box):
-    """``[(name, volume (B, B, B), voxel_size, diameter_A)]`` at the users' settings."""
-    out = []
-    vol, voxel = volumes.read_volume(MAP_5J0N)
-    diameter = support_diameter_A(vol, voxel)
-    n = vol.shape[0]
-    out.append(("5j0n (map)", volumes.downsample_volume(vol, user_box), voxel * n / user_box,
-                diameter))
-    for f in ATOMIC_TEST_PROTEINS:
-        st = atoms.read_structure(os.path.join(mdanalysis_data(), f))
-        _, radius = atoms.molecule_extent(st)
-        diameter = 2.0 * radius
-        pixel_size = diameter / (0.5 * user_box)
-        m = atoms.structure_to_map(st, pixel_size, box=user_box)
-        out.append((f.split(".")[0], m.volume, pixel_size, diameter))
-    return out
 
 
 def parse_args(argv=None):
@@ -172,9 +133,7 @@ def main(argv=None):
     run = BenchmarkRun("unseen.py", argv, tensorflow=True)
     models = [] if args.abinitio else [(p, *model_io.load_distance_model(p))
                                        for p in [args.model, *args.baseline]]
-    maps = test_maps(args.user_box)
-    if args.only:
-        maps = [m for m in maps if m[0].split(" ")[0] in args.only]
+    maps = unseen_protein_maps(args.user_box, args.only)
     rows = []
     for name, vol, pixel_size, diameter in maps:
         for sigma2 in args.sigma2:

@@ -180,6 +180,50 @@ def volume_at_size(size, map_path=MAP_PATH):
     return volumes.downsample_volume(vol, size), voxel * n0 / size
 
 
+#: Atomic models of the unseen-protein benchmark, in ``MDAnalysisTests``' data folder
+#: (a benchmarks extra); ``core.generalist`` never trains on them.
+ATOMIC_TEST_PROTEINS = ("adk_open.pdb", "1osm.pdb.gz", "1a28.pdb.gz", "19hc.pdb.gz",
+                        "4E43.pdb", "1hvr.pdb")
+
+
+def mdanalysis_data():
+    import MDAnalysisTests
+    return os.path.join(os.path.dirname(MDAnalysisTests.__file__), "data")
+
+
+def support_diameter_A(volume, voxel_size, rel=0.05):
+    """Diameter (A) of the sphere about the box centre holding the voxels above ``rel``
+    of the maximum: what a user reads off a map to set the mask diameter."""
+    n = volume.shape[0]
+    z, y, x = np.nonzero(volume > rel * volume.max())
+    r = np.sqrt((z - n // 2) ** 2 + (y - n // 2) ** 2 + (x - n // 2) ** 2).max()
+    return 2.0 * (r + 0.5) * voxel_size
+
+
+def unseen_protein_maps(user_box, only=None):
+    """The unseen-protein benchmark's maps at the users' settings: the 5j0n map and the
+    ``ATOMIC_TEST_PROTEINS`` (gemmi, ``core.atoms``; the particle's diameter half the box).
+    ``only``: names to keep (None: all). Returns ``[(name, volume (B, B, B), voxel_size,
+    diameter_A)]``, ``B = user_box``."""
+    from .core import atoms
+    out = []
+    vol, voxel = volumes.read_volume(MAP_PATH)
+    diameter = support_diameter_A(vol, voxel)
+    n = vol.shape[0]
+    out.append(("5j0n (map)", volumes.downsample_volume(vol, user_box), voxel * n / user_box,
+                diameter))
+    for f in ATOMIC_TEST_PROTEINS:
+        if only and f.split(".")[0] not in only:
+            continue
+        st = atoms.read_structure(os.path.join(mdanalysis_data(), f))
+        _, radius = atoms.molecule_extent(st)
+        diameter = 2.0 * radius
+        pixel_size = diameter / (0.5 * user_box)
+        m = atoms.structure_to_map(st, pixel_size, box=user_box)
+        out.append((f.split(".")[0], m.volume, pixel_size, diameter))
+    return [m for m in out if not only or m[0].split(" ")[0] in only]
+
+
 def downsampled_noise_factor(size, new_size, n_images=64, seed=0):
     """Variance of unit white noise after ``image_ops.downsample`` from ``size`` to
     ``new_size`` px (about ``(new_size / size)^2``), measured on a fixed noise sample."""
