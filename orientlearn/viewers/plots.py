@@ -274,7 +274,7 @@ def plot_central_slices(volume, title="Volume", projections=True):
     for k, (axis_name, img, xl, yl) in enumerate(slices):
         ax = axes[0, k]
         ax.imshow(img, cmap="gray", origin="lower")
-        ax.set_title(f"{title}: central slice {axis_name} = N/2", fontsize=9)
+        ax.set_title(f"central slice {axis_name} = N/2", fontsize=9)
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
         if projections:
@@ -283,6 +283,7 @@ def plot_central_slices(volume, title="Volume", projections=True):
             ax.set_title(f"projection along {axis_name}", fontsize=9)
             ax.set_xlabel(xl)
             ax.set_ylabel(yl)
+    fig.suptitle(title, fontsize=10)   # once: long titles overlap over three panels
     return fig
 
 
