@@ -30,7 +30,7 @@ import numpy as np
 from . import image_ops, peer_aspire, volumes
 from .reconstruction import reconstruct_fourier
 
-__all__ = ["CommonLinesSettings", "common_lines_map"]
+__all__ = ["CommonLinesSettings", "common_lines_map", "invert_averages"]
 
 #: Files of one run, under its work folder.
 IMAGES_FILE, AVERAGES_FILE, ROTATIONS_FILE, INFO_FILE, RUNNER_FILE = (
@@ -194,15 +194,18 @@ def common_lines_map(images, pixel_size, diameter_A, ctf=None, settings=None, py
         raise RuntimeError(f"ASPIRE returned rotations of shape {rotations.shape} for "
                            f"{len(averages)} class averages")
     q = peer_aspire.rotations_to_quaternions(rotations)
-    volume = _invert(averages, q, small_px, diameter_A, s)
+    volume = invert_averages(averages, q, small_px, diameter_A, s)
     if volume.shape[-1] != n_box:
         volume = volumes.resample_to_grid(volume, small_px, n_box, pixel_size)
     info.update(averages=averages, quaternions=q, pixel_size=small_px)
     return volume.astype(np.float32), info
 
 
-def _invert(averages, quaternions, pixel_size, diameter_A, s):
-    """The map of the class averages (masked, low-passed), on their grid."""
+def invert_averages(averages, quaternions, pixel_size, diameter_A, settings=None):
+    """The map ``(S, S, S)`` of class averages ``(n, S, S)`` at orientations
+    ``quaternions (n, 4)`` (pixel size A): Fourier inversion, masked to the diameter,
+    low-passed to ``settings.resolution_A`` (``CommonLinesSettings``), on their grid."""
+    s = settings or CommonLinesSettings()
     size = averages.shape[-1]
     radius = min(size / 2.0 - 1.0, diameter_A / pixel_size / 2.0 + 2.0)
     vol = reconstruct_fourier(averages, quaternions, wiener_constant=1.0, mask_radius=radius)
