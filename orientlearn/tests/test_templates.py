@@ -1,5 +1,6 @@
 """Workflow templates: found by Scipion, parse, resolve to protocol classes, and the
 first one runs end to end (a tiny version of the demo) in a real Scipion project."""
+import importlib.util
 import json
 import os
 
@@ -13,7 +14,8 @@ from orientlearn.tests.unittest_bridge import pytest_load_tests
 load_tests = pytest_load_tests(__name__)  # scipion3 tests orientlearn.tests.<module>
 
 TEMPLATE_IDS = {"orientlearn_ab_initio_simulated", "orientlearn_ab_initio_trained_model",
-                "orientlearn_ab_initio_from_particles"}
+                "orientlearn_ab_initio_from_particles", "orientlearn_ab_initio_no_map_simulated",
+                "orientlearn_ab_initio_then_relion_refine"}
 
 
 def plugin_templates():
@@ -70,10 +72,11 @@ def output_names(cls):
 
 
 @pytest.mark.slow
-def test_tiny_demo_runs_the_first_template_end_to_end(tmp_path, capsys):
+def test_tiny_same_protein_demo_runs_end_to_end(tmp_path, capsys):
     cwd = os.getcwd()
     try:
-        args = demo.parse_args(["--location", str(tmp_path), "--name", "tinydemo",
+        args = demo.parse_args(["--same-protein", "--location", str(tmp_path),
+                                "--name", "tinydemo",
                                 "--ntrain", "160", "--ntest", "60", "--size", "32",
                                 "--epochs", "2", "--steps", "4", "--features", "8",
                                 "--rsteps", "60", "--quiet",
@@ -90,7 +93,7 @@ def test_tiny_demo_runs_the_first_template_end_to_end(tmp_path, capsys):
                           for prot in runs.values() for fig in protocol_figures(prot).values()}
     finally:
         os.chdir(cwd)
-    assert [label for label, _ in timings] == demo.STEPS
+    assert [label for label, _ in timings] == list(demo.SAME_PROTEIN.steps)
     assert all(finished.values()), finished
     for key in ("o4_median", "o4_mean", "rot_median", "rot_mean"):
         assert 0.0 <= res[key] <= np.pi, (key, res[key])
@@ -105,3 +108,42 @@ def test_tiny_demo_runs_the_first_template_end_to_end(tmp_path, capsys):
         assert img.shape[:2] in expected_sizes, (p, img.shape)
         assert img[..., :3].std() > 0.01, f"{p} is blank"
     assert (tmp_path / "figures" / "results.txt").read_text().strip() == text.strip()
+
+
+def test_demo_flags_pick_the_workflow():
+    assert demo.workflow_of(demo.parse_args([])) is demo.NO_MAP
+    assert demo.workflow_of(demo.parse_args(["--same-protein"])) is demo.SAME_PROTEIN
+    # The paper's setting is the same-protein benchmark.
+    assert demo.workflow_of(demo.parse_args(["--paper"])) is demo.SAME_PROTEIN
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not importlib.util.find_spec("aspire"), reason="needs ASPIRE")
+def test_tiny_no_map_demo_runs_end_to_end(tmp_path):
+    """The default demo, tiny: simulated particles -> ab initio with no map and no model
+    (common lines, a model trained on the first map, recovery, refinement) -> compared
+    with the truth and reconstructed."""
+    cwd = os.getcwd()
+    try:
+        args = demo.parse_args(["--location", str(tmp_path), "--name", "tinynomap",
+                                "--ntest", "300", "--size", "32", "--epochs", "2",
+                                "--modelsize", "24", "--classes", "40", "--rsteps", "100",
+                                "--sigma2", "0", "--maxshift", "1", "--quiet",
+                                "--figures", str(tmp_path / "figures")])
+        project, runs, timings, values = demo.run_workflow(args)
+        text, paths = demo.report(project, runs, timings, values, args.figures)
+        res = runs["compare with ground truth"].getResults()
+        finished = {label: prot.isFinished() for label, prot in runs.items()}
+        first_map = runs["ab initio (no map, no model)"].getCommonLinesMap()
+    finally:
+        os.chdir(cwd)
+    assert [label for label, _ in timings] == list(demo.NO_MAP.steps)
+    assert all(finished.values()), finished
+    assert res["n_particles"] == 300
+    assert first_map is not None
+    for needle in ("first map: 40 class averages", "orientations from the model",
+                   "+ local refinement", "offsets, after the frame translation",
+                   "true orientations + offsets"):
+        assert needle in text, needle
+    assert any("first_map" in os.path.basename(p) or "common_lines" in os.path.basename(p)
+               for p in paths), paths
