@@ -63,6 +63,7 @@ def test_generalist_orients_an_unseen_protein():
     model, meta = generalist.train_generalist([pseudo_protein(s) for s in (1, 2, 3)], config,
                                               log=lambda msg: None)
     sim, pixel_size, diameter = _user_particles(pseudo_protein(4), 200)
-    q, _ = generalist.orient_particles(model, meta, sim["images"], pixel_size, diameter)
+    q, _ = generalist.orient_particles(model, meta, sim["images"], pixel_size, diameter,
+                                       ctf=sim["ctf"])
     median = alignment.compare_orientations(sim["quaternions"], q)["rot_median"]
     assert median < 1.6, median  # random orientations: 2.31 rad
