@@ -115,15 +115,15 @@ def start_map(name, true_map, px, args, test=None, log=None):
 def common_lines_start(test, true_map, px, args, log):
     """The map ab initio makes from the test particles themselves with no reference
     (``common_lines_map``: class averages + common lines, ASPIRE); the error of the class
-    averages' orientations against those of the particles they are centred on (ASPIRE's
-    classes keep the particles' order: average k is centred on particle k)."""
+    averages' orientations against those of the particles they are centred on
+    (``info['class_centres']``)."""
     settings = common_lines_map.CommonLinesSettings(n_classes=args.classes, seed=args.seed)
     t = time.perf_counter()
     vol, info = common_lines_map.common_lines_map(test["images"], px, args.diameter,
                                                   ctf=test["ctf"], settings=settings, log=log)
     seconds = time.perf_counter() - t
     k = len(info["quaternions"])
-    q_true = test["quaternions"][:k]
+    q_true = test["quaternions"][info["class_centres"]]
     _, q_al = alignment.align_rotation_handedness(q_true, info["quaternions"])
     err = float(np.median(alignment.orientation_errors(q_true, q_al)))
     # The same inversion with the orientations put in the truth's frame (rotation, hand):

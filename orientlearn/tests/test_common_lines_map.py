@@ -63,9 +63,11 @@ def test_class_averages_are_oriented_on_noiseless_particles(particles, tmp_path)
         python=aspire_python(), workdir=str(tmp_path))
     assert vol.shape == (32, 32, 32) and np.all(np.isfinite(vol)) and vol.std() > 0
     assert info["averages"].shape == (40, 32, 32)
-    # Average k is centred on particle k (ASPIRE keeps the order): its orientation is
-    # that particle's, up to the common frame and hand; random would be ~2.3 rad.
-    q_true = sim["quaternions"][:40]
+    # Each average is centred on a particle (``class_centres``): its orientation is that
+    # particle's, up to the common frame and hand; random would be ~2.3 rad.
+    centres = info["class_centres"]
+    assert centres.shape == (40,) and len(set(centres.tolist())) == 40
+    q_true = sim["quaternions"][centres]
     _, q_al = alignment.align_rotation_handedness(q_true, info["quaternions"])
     err = np.median(alignment.orientation_errors(q_true, q_al))
     assert err < 0.35, err
