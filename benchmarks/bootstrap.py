@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 from orientlearn.benchmarking import (  # noqa: E402
     ATOMIC_TEST_PROTEINS,
     BenchmarkRun,
+    score_class_averages,
     unseen_protein_maps,
     volume_at_size,
     write_report,
@@ -123,16 +124,8 @@ def common_lines_start(test, true_map, px, args, log):
                                                   ctf=test["ctf"], settings=settings, log=log)
     seconds = time.perf_counter() - t
     k = len(info["quaternions"])
-    q_true = test["quaternions"][info["class_centres"]]
-    _, q_al = alignment.align_rotation_handedness(q_true, info["quaternions"])
-    err = float(np.median(alignment.orientation_errors(q_true, q_al)))
-    # The same inversion with the orientations put in the truth's frame (rotation, hand):
-    # how close the first map is to the true map, which its own frame hides.
-    framed = common_lines_map.invert_averages(info["averages"], q_al, info["pixel_size"],
-                                              args.diameter, settings)
-    if framed.shape != true_map.shape:
-        framed = volumes.resample_to_grid(framed, info["pixel_size"], true_map.shape[0], px)
-    cc = correlation(framed, true_map)
+    err, cc = score_class_averages(info, test["quaternions"], true_map, px, args.diameter,
+                                   settings)
     log(f"common lines: {k} class averages, median error {err:.3f} rad; first map in the "
         f"truth's frame: correlation {cc:.3f} with the true map")
     return vol, dict(classes_err=err, classes_s=seconds, framed_cc=cc)

@@ -91,6 +91,26 @@ def _load_average():
         return float("nan")
 
 
+def score_class_averages(info, q_true, true_map, pixel_size, diameter_A, settings=None):
+    """How good ``common_lines_map``'s class averages are, using the truth only to score:
+    the median error of each average's orientation against that of the particle it is
+    centred on (``info['class_centres']``; rotation + hand fitted; rad), and the Pearson
+    correlation with ``true_map`` (on the particles' grid, ``pixel_size`` A/px) of the
+    averages inverted with their orientations put in the truth's frame (the first map's
+    own frame hides how close it is). ``q_true``: ``(M, 4)`` of all particles."""
+    from .core import alignment, common_lines_map
+    q_centres = np.asarray(q_true)[info["class_centres"]]
+    _, q_al = alignment.align_rotation_handedness(q_centres, info["quaternions"])
+    err = float(np.median(alignment.orientation_errors(q_centres, q_al)))
+    framed = common_lines_map.invert_averages(info["averages"], q_al, info["pixel_size"],
+                                              diameter_A, settings)
+    if framed.shape != np.shape(true_map):
+        framed = volumes.resample_to_grid(framed, info["pixel_size"], np.shape(true_map)[0],
+                                          pixel_size)
+    cc = float(np.corrcoef(np.ravel(framed), np.ravel(true_map))[0, 1])
+    return err, cc
+
+
 class BenchmarkRun:
     """One run of a benchmark script: when it started, the CPU load then, and the footer
     of its report.

@@ -1,8 +1,8 @@
 """core/common_lines_map.py: the first map from the particles alone (class averages +
 common lines, ASPIRE), and ab initio started from it.
 
-- refusals: too few particles for the classes; no ASPIRE environment (the message names
-  the commands that make one);
+- refusals: too few particles for the classes; an unknown class selection; no ASPIRE
+  environment (the message names the commands that make one);
 - with ASPIRE (skipped without it; ``pip install -e ".[test]"`` installs it): on noiseless
   particles with CTFs, the class averages are oriented close to the particles they are
   centred on, and the map is finite and on the particles' grid;
@@ -47,6 +47,10 @@ def test_refusals(particles, tmp_path):
     sim, px = particles
     with pytest.raises(ValueError, match="need at least 200 particles"):
         common_lines_map.common_lines_map(sim["images"][:50], px, DIAMETER_A)
+    with pytest.raises(ValueError, match="selection must be one of"):
+        common_lines_map.common_lines_map(
+            sim["images"], px, DIAMETER_A,
+            settings=common_lines_map.CommonLinesSettings(selection="best"))
     missing = str(tmp_path / "nowhere" / "bin" / "python")
     with mock.patch.dict(os.environ, {peer_aspire.ASPIRE_PYTHON_VAR: missing}):
         with pytest.raises(peer_aspire.AspireUnavailable, match="peer_aspire create"):
