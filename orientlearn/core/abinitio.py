@@ -14,7 +14,8 @@ The loop (``AbInitio.run``), on a random subset of the particles:
    (``LocalRefiner.iterate``, gold standard) until the half-map resolution stops improving;
 5. optionally **fine-tune** the model on projections of the current map simulated like the
    data (``fine_tune``: the data's CTFs, box, pixel size, offsets and an estimated noise
-   level, ``estimate_noise_sigma2``), then orient again (step 2): one *iteration*.
+   level, ``estimate_noise_sigma2``), then orient again (step 2), the particles centred by
+   the refined offsets (with or without fine-tuning): one *iteration*.
 
 It stops when an iteration does not improve the half-map resolution (FSC 0.143) by at
 least ``min_improvement`` (relative), and keeps the best iteration. Then **all** the
@@ -68,8 +69,9 @@ class AbInitioSettings:
 
     ``diameter_A``: particle diameter (A; masks, centring, generalist scaling);
     ``symmetry``: point group; ``n_subset``: particles in the loop (0 or >= M: all);
-    ``max_iterations``: orientation rounds (each after a fine-tuning, the first from the
-    model as given); ``min_improvement``: relative FSC0.143 gain an iteration must bring;
+    ``max_iterations``: orientation rounds (the first from the starting offsets, each
+    further one from the offsets refined in the previous round, after a fine-tuning when
+    ``fine_tune``); ``min_improvement``: relative FSC0.143 gain an iteration must bring;
     ``start_shifts``: ``START_SHIFTS``; ``max_shift``: px, largest offset searched/centred;
     ``refine``, ``refine_iterations``: local refinement after each orientation round (and
     of all particles at the end); ``fine_tune``, ``fine_tune_particles``,
@@ -547,10 +549,13 @@ class AbInitio:
                          f"{s.min_improvement:.0%}: stopping; keeping iteration "
                          f"{best['iteration']}.")
                 break
-            if it == s.max_iterations or not s.fine_tune:
+            if it == s.max_iterations:
                 break
+            # The next round orients the particles centred by the refined offsets: the
+            # model learnt centred projections, and at sigma^2 > 1 the first round saw
+            # the particles uncentred (adk_open at SNR 1/16: 0.80 -> 0.71 rad).
             shifts = refiner.shifts.copy()
-            extra = self.fine_tune_model(volume, shifts, it)
+            extra = self.fine_tune_model(volume, shifts, it) if s.fine_tune else {}
         result = self._final(best, subset, shifts_all)
         return AbInitioResult(
             history=list(self.history), iteration_volumes=volumes,

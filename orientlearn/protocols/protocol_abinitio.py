@@ -113,11 +113,11 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
                            "best iteration, and refined against its map.")
         form.addParam("maxIterations", params.IntParam, default=3, validators=[params.GT(0)],
                       label="Maximum iterations",
-                      help="Orientation rounds: the first with the model as given, each "
-                           "further one after fine-tuning the model on the current map. "
+                      help="Orientation rounds: the first from the starting offsets, each "
+                           "further one from the offsets the previous round refined (and "
+                           "after fine-tuning the model on the current map, when chosen). "
                            "It stops earlier when an iteration does not improve the "
-                           "half-map resolution; the best iteration is kept. Without "
-                           "fine-tuning there is one round.")
+                           "half-map resolution; the best iteration is kept.")
         form.addParam("startShifts", params.EnumParam, default=0, choices=START_SHIFTS,
                       label="Starting offsets",
                       help="centre of mass: estimated from each particle without a "

@@ -117,6 +117,34 @@ def _median_error(model, meta, test, px):
     return float(np.median(alignment.orientation_errors(test["quaternions"], q_al)))
 
 
+def test_later_rounds_orient_particles_centred_by_the_refined_offsets(small_map):
+    # Without fine-tuning, round 2 orients again from the offsets round 1 refined (the
+    # model learnt centred projections). The model is replaced by the true orientations
+    # (a little perturbed) so that only the plumbing of the offsets is tested.
+    vol, px = small_map
+    sim = simulation.simulate_particles(vol, 120, max_shift=2.0, voxel_size=px, seed=4,
+                                        return_clean=False)
+    settings = abinitio.AbInitioSettings(diameter_A=280.0, start_shifts="zero",
+                                         max_shift=3.0, max_iterations=2, min_improvement=0,
+                                         refine_iterations=2, n_threads=1)
+    meta = dict(image_size=32, pixel_size=px, head="rotation")
+    run = abinitio.AbInitio(sim["images"], px, model="replaced below", meta=meta,
+                            settings=settings)
+    seen = []
+
+    def orient(idx, shifts, seed):
+        seen.append(np.array(shifts))
+        rng = np.random.default_rng(seed)
+        return sim["quaternions"][idx] + 0.02 * rng.standard_normal((len(idx), 4))
+    run.orient = orient
+    res = run.run()
+    assert len(seen) == 2 and not np.any(seen[0])
+    # Round 2 started from round 1's refined offsets, close to the true ones.
+    err = np.linalg.norm(seen[1] - sim["shifts"], axis=1)
+    assert np.median(err) < 0.5, np.median(err)
+    assert [r["iteration"] for r in res.history if r["stage"] == "recover"] == [1, 2]
+
+
 def test_model_of_a_low_passed_map_orients_the_true_maps_particles(small_map):
     # Tiny (24 px, 500 noiseless projections, 8 epochs): a model that learnt views from
     # the 25 A map orients particles of the TRUE map far better than chance (2.3 rad);
