@@ -125,8 +125,9 @@ def test_later_rounds_orient_particles_centred_by_the_refined_offsets(small_map)
     sim = simulation.simulate_particles(vol, 120, max_shift=2.0, voxel_size=px, seed=4,
                                         return_clean=False)
     settings = abinitio.AbInitioSettings(diameter_A=280.0, start_shifts="zero",
-                                         max_shift=3.0, max_iterations=2, min_improvement=0,
-                                         refine_iterations=2, n_threads=1)
+                                         max_shift=3.0, max_iterations=2,
+                                         resolution_tolerance=1.0, refine_iterations=2,
+                                         n_threads=1)
     meta = dict(image_size=32, pixel_size=px, head="rotation")
     run = abinitio.AbInitio(sim["images"], px, model="replaced below", meta=meta,
                             settings=settings)
