@@ -128,8 +128,9 @@ class AbInitioSettings:
 class AbInitioResult(HalfMapResult):
     """What ab initio returns (``HalfMapResult``; ``history``: one JSON-able record per
     stage) and ``iteration_volumes``: the subset's map after each iteration;
-    ``best_iteration``; ``subset`` (indices); ``sigma2``: the estimated noise level;
-    ``model``: the (possibly fine-tuned, or trained on the initial volume) Keras model,
+    ``best_iteration``: the iteration kept; ``subset`` (indices); ``sigma2``: the
+    estimated noise level; ``model``: the last Keras model (possibly fine-tuned, or
+    trained on the initial volume and retrained on a refined map),
     ``model_meta``: its metadata (``model_io``); ``initial_volume``: the map the model was
     trained on (given, or made by common lines), else None."""
     iteration_volumes: list
@@ -363,8 +364,9 @@ class AbInitio:
         s = self.settings
         t0 = time.perf_counter()
         spread = float(np.percentile(np.abs(shifts), 95)) if len(shifts) else 0.0
+        size = min(s.volume_image_size, self.size)
         self.log(f"Training a distance model on {s.volume_particles} projections of "
-                 f"{label} ({s.volume_epochs} epochs, {min(s.volume_image_size, self.size)} px)")
+                 f"{label} ({s.volume_epochs} epochs, {size} px)")
 
         def log_epoch(epoch, n_epochs, logs):
             self.log(f"Model of {label}, epoch {epoch}/{n_epochs}: {logs}")
@@ -543,7 +545,7 @@ class AbInitio:
         refiner = self._refiner(subset)
         shifts = shifts_all[subset].copy()
         q_prev, t_prev = None, None
-        best = None
+        best, best_resolution = None, np.inf
         volumes = []
         for it in range(1, s.max_iterations + 1):
             t0 = time.perf_counter()
@@ -566,13 +568,14 @@ class AbInitio:
             # it is kept unless its half maps are clearly worse; they barely tell rounds
             # apart (adk_open, SNR 1/16: 10.64, 10.50, 10.53 A for 0.80, 0.71, 0.52 rad).
             if best is not None and (state["resolution"]
-                                     > best["resolution"] * (1 + s.resolution_tolerance)):
+                                     > best_resolution * (1 + s.resolution_tolerance)):
                 self.log(f"Iteration {it}'s half maps are more than "
-                         f"{s.resolution_tolerance:.0%} worse than iteration "
-                         f"{best['iteration']}'s: stopping; keeping iteration "
-                         f"{best['iteration']}.")
+                         f"{s.resolution_tolerance:.0%} worse than the best so far "
+                         f"({state['resolution']:.2f} A against {best_resolution:.2f} A): "
+                         f"stopping; keeping iteration {best['iteration']}.")
                 break
             best = state
+            best_resolution = min(best_resolution, state["resolution"])
             if it == s.max_iterations:
                 break
             # The next round orients the particles centred by the refined offsets: the
@@ -588,7 +591,7 @@ class AbInitio:
             seconds=time.perf_counter() - start, **result)
 
     def _final(self, best, subset, shifts_all):
-        """Orient every particle in the best iteration's frame; final half maps."""
+        """Orient every particle in the kept iteration's frame; final half maps."""
         s = self.settings
         t0 = time.perf_counter()
         if len(subset) == self.m:

@@ -50,8 +50,9 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
     size, offsets and estimated noise level), and the particles are oriented again,
     centred by their refined offsets, for the rounds asked unless the half maps get
     worse. Finally every particle is oriented in the kept iteration's frame and refined
-    against the map. Every lever (refinement, retraining, fine-tuning) is a form option; each iteration's resolution,
-    FSC and how much the orientations moved are kept (viewer, extra/abinitio_history.json).
+    against the map. Every lever (refinement, retraining, fine-tuning) is a form option;
+    each iteration's resolution, FSC and how much the orientations moved are kept
+    (viewer, extra/abinitio_history.json).
     The hand of the map cannot be determined from projections: the outputs say so.
     """
     _label = "ab initio"
@@ -111,7 +112,7 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
                       validators=[params.GE(0)], label="Particles in the loop",
                       help="Size of the random subset the iterations work on (0: all). "
                            "All particles are oriented at the end, in the frame of the "
-                           "best iteration, and refined against its map.")
+                           "iteration kept, and refined against its map.")
         form.addParam("maxIterations", params.IntParam, default=2, validators=[params.GT(0)],
                       label="Maximum iterations",
                       help="Orientation rounds: the first from the starting offsets, each "
@@ -338,7 +339,7 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
             json.dump(dict(model=path, pixel_size=px, best_iteration=res.best_iteration,
                            records=res.history), f, indent=1)
         self.info(f"Ab initio done in {res.seconds:.0f} s: half-map FSC0.143 "
-                  f"{res.resolution:.2f} A, FSC0.5 {res.resolution_05:.2f} A (best iteration "
+                  f"{res.resolution:.2f} A, FSC0.5 {res.resolution_05:.2f} A (iteration kept: "
                   f"{res.best_iteration}). Hand {HAND_NOTE}.")
 
     def createOutputStep(self, signature=None):

@@ -117,16 +117,16 @@ def _median_error(model, meta, test, px):
     return float(np.median(alignment.orientation_errors(test["quaternions"], q_al)))
 
 
-def test_later_rounds_orient_particles_centred_by_the_refined_offsets(small_map):
-    # Without fine-tuning, round 2 orients again from the offsets round 1 refined (the
-    # model learnt centred projections). The model is replaced by the true orientations
-    # (a little perturbed) so that only the plumbing of the offsets is tested.
+def _stub_run(small_map, orientations, tolerance):
+    """An ab initio run of 2 rounds on 120 clean particles whose model is replaced by
+    ``orientations(round, idx, rng)``; returns ``(result, shifts each round started
+    from, simulation)``."""
     vol, px = small_map
     sim = simulation.simulate_particles(vol, 120, max_shift=2.0, voxel_size=px, seed=4,
                                         return_clean=False)
     settings = abinitio.AbInitioSettings(diameter_A=280.0, start_shifts="zero",
                                          max_shift=3.0, max_iterations=2,
-                                         resolution_tolerance=1.0, refine_iterations=2,
+                                         resolution_tolerance=tolerance, refine_iterations=2,
                                          n_threads=1)
     meta = dict(image_size=32, pixel_size=px, head="rotation")
     run = abinitio.AbInitio(sim["images"], px, model="replaced below", meta=meta,
@@ -135,15 +135,37 @@ def test_later_rounds_orient_particles_centred_by_the_refined_offsets(small_map)
 
     def orient(idx, shifts, seed):
         seen.append(np.array(shifts))
-        rng = np.random.default_rng(seed)
-        return sim["quaternions"][idx] + 0.02 * rng.standard_normal((len(idx), 4))
+        return orientations(len(seen), sim["quaternions"][idx], np.random.default_rng(seed))
     run.orient = orient
-    res = run.run()
+    return run.run(), seen, sim
+
+
+def test_later_rounds_orient_particles_centred_by_the_refined_offsets(small_map):
+    # Without fine-tuning, round 2 orients again from the offsets round 1 refined (the
+    # model learnt centred projections). The model is replaced by the true orientations
+    # (a little perturbed) so that only the plumbing of the offsets is tested.
+    res, seen, sim = _stub_run(
+        small_map, lambda k, q, rng: q + 0.02 * rng.standard_normal(q.shape), 1.0)
     assert len(seen) == 2 and not np.any(seen[0])
     # Round 2 started from round 1's refined offsets, close to the true ones.
     err = np.linalg.norm(seen[1] - sim["shifts"], axis=1)
     assert np.median(err) < 0.5, np.median(err)
     assert [r["iteration"] for r in res.history if r["stage"] == "recover"] == [1, 2]
+    assert res.best_iteration == 2      # within the tolerance, the later round is kept
+
+
+def test_a_round_with_worse_half_maps_is_dropped(small_map):
+    # Round 2 gets random orientations: its half maps are far worse than round 1's, so
+    # the loop keeps round 1 and the final orientations are round 1's.
+    def orientations(k, q, rng):
+        return q + 0.02 * rng.standard_normal(q.shape) if k == 1 else \
+            rng.standard_normal(q.shape)
+    res, _, sim = _stub_run(small_map, orientations, 0.02)
+    assert res.best_iteration == 1
+    rounds = [r for r in res.history if r["stage"] == "refine"]
+    assert rounds[1]["resolution"] > 1.02 * rounds[0]["resolution"]
+    _, q_al = alignment.align_rotation_handedness(sim["quaternions"], res.quaternions)
+    assert np.median(alignment.orientation_errors(sim["quaternions"], q_al)) < 0.2
 
 
 def test_model_of_a_low_passed_map_orients_the_true_maps_particles(small_map):
