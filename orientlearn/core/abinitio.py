@@ -22,10 +22,10 @@ The loop (``AbInitio.run``), on a random subset of the particles:
 It runs ``max_iterations`` rounds and stops earlier when a round's half-map resolution
 (FSC 0.143) is worse than the best so far by more than ``resolution_tolerance``
 (relative); it keeps the last round that was not. Then **all** the
-particles are oriented (recovered with the final model, put in the subset's frame by the
+particles are oriented (recovered with the kept round's model, put in the subset's frame by the
 global rotation and hand that best matches the subset's orientations,
 ``alignment.align_rotation_handedness`` — no ground truth: the reference is our own
-estimate) and, optionally, refined against the best map low-passed well below its
+estimate) and, optionally, refined against the kept map low-passed well below its
 resolution; the final half maps come from all the particles.
 
 Each iteration leaves a record (``history``): resolution at FSC 0.143 and 0.5, the FSC
@@ -34,8 +34,8 @@ best global rotation/hand, since every recovery has its own frame), seconds. The
 hand cannot be determined from projections: the result says so.
 
 Gold standard, honestly: the half maps come from disjoint particles and refinement keeps
-them apart, but recovery orients both halves on one graph and fine-tuning learns from the
-full map, so the two halves are not fully independent before refinement; the final
+them apart, but recovery orients both halves on one graph and fine-tuning or retraining
+learns from the full map, so the two halves are not fully independent before refinement; the final
 all-particle refinement starts from the map low-passed to ``1.5 x`` its resolution, as
 RELION starts from a low-passed initial model.
 
@@ -129,10 +129,10 @@ class AbInitioResult(HalfMapResult):
     """What ab initio returns (``HalfMapResult``; ``history``: one JSON-able record per
     stage) and ``iteration_volumes``: the subset's map after each iteration;
     ``best_iteration``: the iteration kept; ``subset`` (indices); ``sigma2``: the
-    estimated noise level; ``model``: the last Keras model (possibly fine-tuned, or
-    trained on the initial volume and retrained on a refined map),
-    ``model_meta``: its metadata (``model_io``); ``initial_volume``: the map the model was
-    trained on (given, or made by common lines), else None."""
+    estimated noise level; ``model``: the kept round's Keras model (possibly fine-tuned,
+    or trained on the initial volume and retrained on a refined map),
+    ``model_meta``: its metadata (``model_io``); ``initial_volume``: the map the first
+    model was trained on (given, or made by common lines), else None."""
     iteration_volumes: list
     best_iteration: int
     subset: np.ndarray
@@ -359,8 +359,9 @@ class AbInitio:
     def train_on_volume(self, volume, shifts, seed=0, label="the initial volume"):
         """Replace the model by one trained from scratch on ``volume (N, N, N)``'s
         projections simulated like the data (``model_from_volume``: the data's CTFs, the
-        estimated noise level, offsets as large as ``shifts (M, 2)``); ``seed`` is added
-        to ``settings.seed``. Returns a record for the history."""
+        estimated noise level, offsets as large as ``shifts (M, 2)``); ``seed`` offsets
+        the simulation's and training's seeds (``settings.seed + 17 + seed``). Returns a
+        record for the history."""
         s = self.settings
         t0 = time.perf_counter()
         spread = float(np.percentile(np.abs(shifts), 95)) if len(shifts) else 0.0
@@ -490,6 +491,20 @@ class AbInitio:
                     fine_tune_val_loss=[float(v) for v in hist.get("val_loss", [])],
                     fine_tune_particles=int(s.fine_tune_particles))
 
+    def _model_snapshot(self):
+        """What ``_restore_model`` needs to bring back the current model: the model and
+        its metadata, and its weights when fine-tuning would change them in place."""
+        weights = self.model.get_weights() if self.settings.fine_tune else None
+        return self.model, dict(self.meta), weights
+
+    def _restore_model(self, snapshot):
+        """Make the model of a kept round current again (it orients all the particles
+        at the end and is the one returned)."""
+        model, meta, weights = snapshot
+        self._set_model(model, meta)
+        if weights is not None:
+            model.set_weights(weights)
+
     def _next_model(self, volume, shifts, iteration, model_trained_here):
         """The model of the next round: retrained from scratch on ``volume`` (the
         refined map) when this run trained its model on a map and ``settings.retrain``,
@@ -562,7 +577,8 @@ class AbInitio:
             volumes.append(volume)
             state = dict(iteration=it, resolution=rec["resolution"],
                          q=geometry.matrix_to_quaternion(refiner.rotations),
-                         shifts=refiner.shifts.copy(), volume=volume)
+                         shifts=refiner.shifts.copy(), volume=volume,
+                         model=self._model_snapshot())
             q_prev, t_prev = state["q"], state["shifts"]
             # A later round starts from better offsets (and a model of a better map):
             # it is kept unless its half maps are clearly worse; they barely tell rounds
@@ -573,6 +589,7 @@ class AbInitio:
                          f"{s.resolution_tolerance:.0%} worse than the best so far "
                          f"({state['resolution']:.2f} A against {best_resolution:.2f} A): "
                          f"stopping; keeping iteration {best['iteration']}.")
+                self._restore_model(best["model"])
                 break
             best = state
             best_resolution = min(best_resolution, state["resolution"])

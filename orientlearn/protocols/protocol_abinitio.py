@@ -166,10 +166,11 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
                       help="Self-training: after each round, simulate particles from the "
                            "current map like the data (their CTFs, box, pixel size, offsets "
                            "and the estimated noise level), continue training the model on "
-                           "them, and orient the particles again; an iteration that does not "
-                           "improve the half maps is dropped. Off by default: measured on "
-                           "5j0n at SNR 1/16 it did not help (README, 'ab initio on your "
-                           "particles'). Slow on a CPU.")
+                           "them, and orient the particles again; a round whose half maps "
+                           "are worse is dropped. For a model you give (a model trained "
+                           "here on a map is retrained instead, when chosen). Off by "
+                           "default: measured on 5j0n at SNR 1/16 it did not help (README, "
+                           "'ab initio on your particles'). Slow on a CPU.")
         form.addParam("fineTuneParticles", params.IntParam, default=2000,
                       validators=[params.GE(20)], condition="doFineTune",
                       label="Fine-tuning particles",
@@ -324,8 +325,11 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
         if start_map is None and res.initial_volume is not None:
             convert.write_volume(self._getExtraPath(COMMON_LINES_MAP), res.initial_volume, px)
         if res.initial_volume is not None:
+            retrained = res.best_iteration > 1 and self.doRetrain
+            trained_on = (f"iteration {res.best_iteration - 1}'s refined map" if retrained
+                          else path)
             model_io.save_distance_model(res.model, self._getExtraPath(MODEL_FILE),
-                                         dict(res.model_meta, trained_on=path))
+                                         dict(res.model_meta, trained_on=trained_on))
         elif self.doFineTune and res.best_iteration > 1:
             model_io.save_distance_model(res.model, self._getExtraPath(MODEL_FILE),
                                          dict(meta, fine_tuned_from=path))
@@ -503,7 +507,7 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
                          f"{r['resolution_05']:.1f} A"
                          + ("" if move is None else
                             f", orientations moved {np.degrees(move):.1f} deg (median)") + ".")
-        lines.append(f"Best iteration {hist['best_iteration']}; final map from "
+        lines.append(f"Iteration kept: {hist['best_iteration']}; final map from "
                      f"{len(res['quaternions'])} particles: {float(res['resolution']):.1f} A "
                      f"at FSC 0.143 (half maps, gold standard).")
         lines.append(f"Hand of the map: {HAND_NOTE}.")

@@ -119,8 +119,8 @@ def _median_error(model, meta, test, px):
 
 def _stub_run(small_map, orientations, tolerance):
     """An ab initio run of 2 rounds on 120 clean particles whose model is replaced by
-    ``orientations(round, idx, rng)``; returns ``(result, shifts each round started
-    from, simulation)``."""
+    ``orientations(round, true quaternions, rng)`` (and replaced again, by a string,
+    before round 2); returns ``(result, shifts each round started from, simulation)``."""
     vol, px = small_map
     sim = simulation.simulate_particles(vol, 120, max_shift=2.0, voxel_size=px, seed=4,
                                         return_clean=False)
@@ -137,6 +137,7 @@ def _stub_run(small_map, orientations, tolerance):
         seen.append(np.array(shifts))
         return orientations(len(seen), sim["quaternions"][idx], np.random.default_rng(seed))
     run.orient = orient
+    run._next_model = lambda *args: run._set_model("model of round 2", meta) or {}
     return run.run(), seen, sim
 
 
@@ -152,6 +153,7 @@ def test_later_rounds_orient_particles_centred_by_the_refined_offsets(small_map)
     assert np.median(err) < 0.5, np.median(err)
     assert [r["iteration"] for r in res.history if r["stage"] == "recover"] == [1, 2]
     assert res.best_iteration == 2      # within the tolerance, the later round is kept
+    assert res.model == "model of round 2"
 
 
 def test_a_round_with_worse_half_maps_is_dropped(small_map):
@@ -161,11 +163,30 @@ def test_a_round_with_worse_half_maps_is_dropped(small_map):
         return q + 0.02 * rng.standard_normal(q.shape) if k == 1 else \
             rng.standard_normal(q.shape)
     res, _, sim = _stub_run(small_map, orientations, 0.02)
-    assert res.best_iteration == 1
+    assert res.best_iteration == 1 and res.model == "replaced below"   # round 1's model
     rounds = [r for r in res.history if r["stage"] == "refine"]
     assert rounds[1]["resolution"] > 1.02 * rounds[0]["resolution"]
     _, q_al = alignment.align_rotation_handedness(sim["quaternions"], res.quaternions)
     assert np.median(alignment.orientation_errors(sim["quaternions"], q_al)) < 0.2
+
+
+@pytest.mark.parametrize("retrain,fine_tune,trained_here,expected", [
+    (True, False, True, "retrained"), (True, True, True, "retrained"),
+    (True, True, False, "fine-tuned"), (False, True, True, "fine-tuned"),
+    (True, False, False, None), (False, False, True, None)])
+def test_next_rounds_model(small_map, retrain, fine_tune, trained_here, expected):
+    # Retraining on the refined map applies to a model trained in this run on a map;
+    # fine-tuning otherwise, when asked; else the model is kept.
+    vol, px = small_map
+    settings = abinitio.AbInitioSettings(diameter_A=280.0, retrain=retrain,
+                                         fine_tune=fine_tune)
+    run = abinitio.AbInitio(np.zeros((4, 32, 32)), px, None, None, settings)
+    calls = []
+    run.train_on_volume = lambda v, t, seed, label: calls.append(("retrained", v, seed))
+    run.fine_tune_model = lambda v, t, it: calls.append(("fine-tuned", v, it))
+    run._next_model(vol, np.zeros((4, 2)), 1, trained_here)
+    assert [c[0] for c in calls] == ([expected] if expected else [])
+    assert all(c[1] is vol and c[2] == 1 for c in calls)
 
 
 def test_model_of_a_low_passed_map_orients_the_true_maps_particles(small_map):
