@@ -113,16 +113,16 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
                       help="Size of the random subset the iterations work on (0: all). "
                            "All particles are oriented at the end, in the frame of the "
                            "iteration kept, and refined against its map.")
-        form.addParam("maxIterations", params.IntParam, default=2, validators=[params.GT(0)],
+        form.addParam("maxIterations", params.IntParam, default=3, validators=[params.GT(0)],
                       label="Maximum iterations",
                       help="Orientation rounds: the first from the starting offsets, each "
-                           "further one from the offsets the previous round refined, "
-                           "with the model retrained (or fine-tuned) on the refined map "
+                           "further one from the offsets the previous round refined; the "
+                           "third and later with the model retrained on the refined map "
+                           "(or, for a model you give, fine-tuned on it at every round) "
                            "when chosen. It stops earlier when a round's half maps are "
                            "worse than the best so far (Resolution tolerance); the last "
-                           "round that is not is kept. On adenylate kinase at SNR 1/16 the "
-                           "second round (retrained model) oriented the particles at 0.52 "
-                           "rad where the first was at 0.80 (README).")
+                           "round that is not is kept. On adenylate kinase at SNR 1/16: "
+                           "0.80, 0.71 and 0.52 rad after rounds 1, 2 and 3 (README).")
         form.addParam("startShifts", params.EnumParam, default=0, choices=START_SHIFTS,
                       label="Starting offsets",
                       help="centre of mass: estimated from each particle without a "
@@ -153,14 +153,16 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
         form.addParam("doRetrain", params.BooleanParam, default=True,
                       label="Retrain the model on the refined map?",
                       help="When the model was trained here on a map (an initial volume, "
-                           "or the common-lines map when no model is given): before each "
-                           "further round, train a new model from scratch on the refined "
-                           "map's projections simulated like the data (as on the first "
-                           "map: Initial-volume training settings). Each costs as much as "
-                           "the first training (~13 min for 2,000 projections at 64 px on "
-                           "2 CPU cores) and took adenylate kinase at SNR 1/16 from 0.71 to "
-                           "0.52 rad (README, 'starting with no map'). Fine-tuning is not "
-                           "done when the model is retrained.")
+                           "or the common-lines map when no model is given): after the "
+                           "second round (which orients again from the refined offsets "
+                           "with the same model), train a new model from scratch on the "
+                           "refined map's projections simulated like the data (as on the "
+                           "first map: Initial-volume training settings) before each "
+                           "further round. Each costs as much as the first training (~13 "
+                           "min for 2,000 projections at 64 px on 2 CPU cores) and took "
+                           "adenylate kinase at SNR 1/16 from 0.71 to 0.52 rad (README, "
+                           "'more rounds'). Fine-tuning is not done when the model is "
+                           "retrained.")
         form.addParam("doFineTune", params.BooleanParam, default=False,
                       label="Fine-tune the model on the map?",
                       help="Self-training: after each round, simulate particles from the "
@@ -325,7 +327,7 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
         if start_map is None and res.initial_volume is not None:
             convert.write_volume(self._getExtraPath(COMMON_LINES_MAP), res.initial_volume, px)
         if res.initial_volume is not None:
-            retrained = res.best_iteration > 1 and self.doRetrain
+            retrained = res.best_iteration > 2 and self.doRetrain
             trained_on = (f"iteration {res.best_iteration - 1}'s refined map" if retrained
                           else path)
             model_io.save_distance_model(res.model, self._getExtraPath(MODEL_FILE),
@@ -534,7 +536,7 @@ class OrientLearnProtAbInitio(OrientLearnProtBase, ProtInitialVolume):
                      "maps (gold standard [Henderson2012])")
         retrained = self.doRetrain and (self.initialVolume.get() is not None
                                         or self._startsFromCommonLines())
-        if retrained and self.maxIterations.get() > 1:
+        if retrained and self.maxIterations.get() > 2:
             text += (", the network being retrained on projections of the refined map "
                      "between iterations")
         elif self.doFineTune:

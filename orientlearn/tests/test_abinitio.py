@@ -170,13 +170,15 @@ def test_a_round_with_worse_half_maps_is_dropped(small_map):
     assert np.median(alignment.orientation_errors(sim["quaternions"], q_al)) < 0.2
 
 
-@pytest.mark.parametrize("retrain,fine_tune,trained_here,expected", [
-    (True, False, True, "retrained"), (True, True, True, "retrained"),
-    (True, True, False, "fine-tuned"), (False, True, True, "fine-tuned"),
-    (True, False, False, None), (False, False, True, None)])
-def test_next_rounds_model(small_map, retrain, fine_tune, trained_here, expected):
-    # Retraining on the refined map applies to a model trained in this run on a map;
-    # fine-tuning otherwise, when asked; else the model is kept.
+@pytest.mark.parametrize("retrain,fine_tune,trained_here,iteration,expected", [
+    (True, False, True, 2, "retrained"), (True, True, True, 2, "retrained"),
+    (True, False, True, 1, None), (True, True, True, 1, "fine-tuned"),
+    (True, True, False, 2, "fine-tuned"), (False, True, True, 2, "fine-tuned"),
+    (True, False, False, 2, None), (False, False, True, 2, None)])
+def test_next_rounds_model(small_map, retrain, fine_tune, trained_here, iteration, expected):
+    # Retraining on the refined map applies to a model trained in this run on a map,
+    # after round 2 (round 2 only re-centres); fine-tuning otherwise, when asked; else
+    # the model is kept.
     vol, px = small_map
     settings = abinitio.AbInitioSettings(diameter_A=280.0, retrain=retrain,
                                          fine_tune=fine_tune)
@@ -184,9 +186,9 @@ def test_next_rounds_model(small_map, retrain, fine_tune, trained_here, expected
     calls = []
     run.train_on_volume = lambda v, t, seed, label: calls.append(("retrained", v, seed))
     run.fine_tune_model = lambda v, t, it: calls.append(("fine-tuned", v, it))
-    run._next_model(vol, np.zeros((4, 2)), 1, trained_here)
+    run._next_model(vol, np.zeros((4, 2)), iteration, trained_here)
     assert [c[0] for c in calls] == ([expected] if expected else [])
-    assert all(c[1] is vol and c[2] == 1 for c in calls)
+    assert all(c[1] is vol and c[2] == iteration for c in calls)
 
 
 def test_model_of_a_low_passed_map_orients_the_true_maps_particles(small_map):
