@@ -63,7 +63,8 @@ class TestOrientLearnAbInitioVolume(BaseTest):
                                 initialVolume=self.coarse, particleDiameter=26 * px,
                                 numberOfParticles=0, maxShift=2.0, refineIterations=2,
                                 volumeParticles=300, volumeEpochs=2, volumeImageSize=24,
-                                nSteps=300, seed=1, numberOfThreads=1)
+                                nSteps=300, seed=1, numberOfThreads=1,
+                                resolutionTolerance=1.0)    # all 3 rounds run
         self.launchProtocol(prot)
         self.assertSetSize(prot.outputParticles, 200)
         _, q, _ = convert.particle_orientations(prot.outputParticles)
@@ -76,4 +77,11 @@ class TestOrientLearnAbInitioVolume(BaseTest):
             hist = json.load(f)
         self.assertTrue(hist["model"].startswith("trained on"))
         self.assertEqual(hist["records"][0]["volume_particles"], 300)
+        # Round 2 re-centres with the same model; round 3's model was retrained on round
+        # 2's refined map.
+        recovers = {r["iteration"]: r for r in hist["records"] if r["stage"] == "recover"}
+        self.assertEqual(sorted(recovers), [1, 2, 3])
+        self.assertNotIn("volume_training_seconds", recovers[2])
+        self.assertGreater(recovers[3]["volume_training_seconds"], 0)
         self.assertIn("initial volume", " ".join(prot._methods()))
+        self.assertIn("retrained", " ".join(prot._methods()))
